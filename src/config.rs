@@ -1,0 +1,622 @@
+//! Configuration: built-in defaults, then a TOML file, then `RELAY_*` environment variables,
+//! layered by figment; then secrets are resolved and every value is validated.
+//!
+//! Every key is documented in the README. Errors name the key and say what was expected.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the relay looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/directus-relay/relay.toml";
+
+/// Name of the systemd credential (`LoadCredential=webhook_secret:…`) read when neither
+/// `webhook.secret` nor `webhook.secret_file` is set.
+pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook_secret";
+
+/// Shortest webhook secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Paths the relay serves itself; the webhook path may not shadow them.
+const RESERVED_PATHS: [&str; 4] = ["/socket.io", "/healthz", "/readyz", "/metrics"];
+
+/// The whole configuration, as read from the file and the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// One HTTP port for Socket.IO, the webhook, `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Where the relay keeps its state file.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// The collections relayed to kiosks. Empty: every collection the webhook sends.
+    #[serde(default)]
+    pub collections: Vec<CollectionConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The Directus Flow webhook receiver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default = "defaults::webhook_path")]
+    pub path: String,
+    /// Sent by the Flow in the `X-Relay-Secret` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// A file holding the secret (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            path: defaults::webhook_path(),
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+/// One relayed collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    pub name: String,
+    /// The primary key field, written into records built from webhook payloads.
+    #[serde(default = "defaults::key_field")]
+    pub key_field: String,
+}
+
+/// Named bounds on every queue, buffer and input. See the README for the policy when full.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Changes waiting for the hub. Full: the webhook answers 503.
+    #[serde(default = "defaults::hub_inbox")]
+    pub hub_inbox: usize,
+    /// Events kept for resuming kiosks. Full: the oldest is dropped.
+    #[serde(default = "defaults::replay_events")]
+    pub replay_events: usize,
+    /// Bytes of events kept for resuming kiosks. Full: the oldest is dropped.
+    #[serde(default = "defaults::replay_bytes", with = "byte_size")]
+    pub replay_bytes: usize,
+    /// Items mirrored per collection. Exceeded: that collection stops being mirrored.
+    #[serde(default = "defaults::mirror_items")]
+    pub mirror_items: usize,
+    /// Bytes of mirrored records, all collections together. Exceeded: the collection that
+    /// grew past it stops being mirrored.
+    #[serde(default = "defaults::mirror_bytes", with = "byte_size")]
+    pub mirror_bytes: usize,
+    /// Largest webhook body accepted. Larger: 413.
+    #[serde(default = "defaults::webhook_body_bytes", with = "byte_size")]
+    pub webhook_body_bytes: usize,
+    /// Packets queued per kiosk. Full: the kiosk stops receiving and is disconnected; it
+    /// reconnects and resumes.
+    #[serde(default = "defaults::kiosk_queue")]
+    pub kiosk_queue: usize,
+    /// Largest message a kiosk may send (WebSocket message and frame, polling payload).
+    #[serde(default = "defaults::max_message_bytes", with = "byte_size")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            hub_inbox: defaults::hub_inbox(),
+            replay_events: defaults::replay_events(),
+            replay_bytes: defaults::replay_bytes(),
+            mirror_items: defaults::mirror_items(),
+            mirror_bytes: defaults::mirror_bytes(),
+            webhook_body_bytes: defaults::webhook_body_bytes(),
+            kiosk_queue: defaults::kiosk_queue(),
+            max_message_bytes: defaults::max_message_bytes(),
+        }
+    }
+}
+
+impl Limits {
+    /// The most events replayed to one subscribing kiosk; more missed events get a snapshot.
+    /// Half the kiosk queue, so that the ack and the replay always fit into it.
+    pub fn max_replay_per_subscribe(&self) -> usize {
+        self.kiosk_queue / 2
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/directus-relay")
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn webhook_path() -> String {
+        "/hooks/directus".into()
+    }
+    pub fn key_field() -> String {
+        "id".into()
+    }
+    pub fn hub_inbox() -> usize {
+        1024
+    }
+    pub fn replay_events() -> usize {
+        10_000
+    }
+    pub fn replay_bytes() -> usize {
+        8 << 20
+    }
+    pub fn mirror_items() -> usize {
+        10_000
+    }
+    pub fn mirror_bytes() -> usize {
+        32 << 20
+    }
+    pub fn webhook_body_bytes() -> usize {
+        1 << 20
+    }
+    pub fn kiosk_queue() -> usize {
+        256
+    }
+    pub fn max_message_bytes() -> usize {
+        64 << 10
+    }
+}
+
+/// Where a configuration came from, for the operator's benefit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A config file was read.
+    File(PathBuf),
+    /// No file: built-in defaults and environment only.
+    Defaults,
+}
+
+/// A configuration problem, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given (it must exist), else [`DEFAULT_CONFIG_PATH`]
+    /// if it exists, else defaults only; then `RELAY_*` variables; then resolves secrets and
+    /// validates.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let source = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing { path: p.into() }),
+            Some(p) => Source::File(p.into()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Source::File(DEFAULT_CONFIG_PATH.into())
+            }
+            None => Source::Defaults,
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Source::File(path) = &source {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut config: Config = figment
+            .merge(env_provider())
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        config.resolve_secrets(credentials.as_deref())?;
+        config.validate()?;
+        Ok((config, source))
+    }
+
+    /// Parses a TOML document on its own (no environment), for tests and examples.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with_credentials(text, None)
+    }
+
+    /// Parses a TOML document with secrets looked up in `credentials_dir` as systemd's
+    /// `$CREDENTIALS_DIRECTORY` would provide them.
+    pub fn from_toml_with_credentials(
+        text: &str,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        config.resolve_secrets(credentials_dir)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self, credentials_dir: Option<&Path>) -> Result<(), ConfigError> {
+        let webhook = &mut self.webhook;
+        webhook.secret = resolve_secret(
+            "webhook.secret",
+            webhook.secret.take(),
+            webhook.secret_file.as_deref(),
+            credentials_dir,
+            WEBHOOK_SECRET_CREDENTIAL,
+        )?;
+        Ok(())
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let path = &self.webhook.path;
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(invalid(
+                "webhook.path",
+                format!("must be an absolute path such as \"/hooks/directus\", got {path:?}"),
+            ));
+        }
+        if let Some(reserved) = RESERVED_PATHS
+            .iter()
+            .find(|r| path == *r || path.starts_with(&format!("{r}/")))
+        {
+            return Err(invalid(
+                "webhook.path",
+                format!("{path:?} collides with {reserved}, which the relay serves itself"),
+            ));
+        }
+        if let Some(secret) = &self.webhook.secret
+            && secret.expose().len() < MIN_SECRET_LEN
+        {
+            return Err(invalid(
+                "webhook.secret",
+                format!(
+                    "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
+                    secret.expose().len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, c) in self.collections.iter().enumerate() {
+            let key = format!("collections[{i}].name");
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{:?} is not a Directus collection name (letters, digits, _ and -)",
+                        c.name
+                    ),
+                ));
+            }
+            if c.name.starts_with("directus_") {
+                return Err(invalid(
+                    key,
+                    format!("{:?} is a Directus system collection", c.name),
+                ));
+            }
+            if !seen.insert(c.name.as_str()) {
+                return Err(invalid(key, format!("{:?} is listed twice", c.name)));
+            }
+            if c.key_field.is_empty() {
+                return Err(invalid(
+                    format!("collections[{i}].key_field"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let l = &self.limits;
+        let minimums: [(&str, usize, usize); 8] = [
+            ("limits.hub_inbox", l.hub_inbox, 1),
+            ("limits.replay_events", l.replay_events, 1),
+            ("limits.replay_bytes", l.replay_bytes, 1024),
+            ("limits.mirror_items", l.mirror_items, 1),
+            ("limits.mirror_bytes", l.mirror_bytes, 1024),
+            ("limits.webhook_body_bytes", l.webhook_body_bytes, 1024),
+            ("limits.kiosk_queue", l.kiosk_queue, 16),
+            ("limits.max_message_bytes", l.max_message_bytes, 1024),
+        ];
+        for (key, value, min) in minimums {
+            if value < min {
+                return Err(invalid(
+                    key,
+                    format!("is {value}; it must be at least {min}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured collection, or `None` when it is not relayed. With no collections
+    /// configured every collection is relayed with default settings.
+    pub fn collection(&self, name: &str) -> Option<CollectionConfig> {
+        if self.collections.is_empty() {
+            return Some(CollectionConfig {
+                name: name.to_owned(),
+                key_field: defaults::key_field(),
+            });
+        }
+        self.collections.iter().find(|c| c.name == name).cloned()
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            state_dir: defaults::state_dir(),
+            shutdown_grace: defaults::shutdown_grace(),
+            webhook: WebhookConfig::default(),
+            collections: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `RELAY_*` environment variables, `__` for nesting. Empty values count as unset (figment
+/// alone would read `RELAY_X=` as an empty string).
+fn env_provider() -> Env {
+    Env::prefixed("RELAY_")
+        .filter(|key| {
+            let name = format!("RELAY_{}", key.as_str().to_ascii_uppercase());
+            std::env::var_os(name).is_some_and(|v| !v.is_empty())
+        })
+        .split("__")
+}
+
+fn resolve_secret(
+    key: &str,
+    inline: Option<Secret>,
+    file: Option<&Path>,
+    credentials_dir: Option<&Path>,
+    credential: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    let file_key = format!("{key}_file");
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            key,
+            format!("set either {key} or {file_key}, not both"),
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => read_secret_file(path)
+            .map(Some)
+            .map_err(|message| invalid(file_key, message)),
+        (None, None) => {
+            let Some(dir) = credentials_dir else {
+                return Ok(None);
+            };
+            let path = dir.join(credential);
+            if !path.exists() {
+                return Ok(None);
+            }
+            read_secret_file(&path).map(Some).map_err(|message| {
+                invalid(key, format!("systemd credential {credential}: {message}"))
+            })
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(secret))
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (from {source})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    let expected = expected.join(", ");
+                    let key = if key.is_empty() {
+                        field.clone()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    return format!("{key}: unknown key{origin}; expected one of: {expected}");
+                }
+                kind => kind.to_string(),
+            };
+            if key.is_empty() {
+                format!("{what}{origin}")
+            } else {
+                format!("{key}: {what}{origin}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A secret value: never printed, compared in constant time.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// A fresh random secret of 32 hex characters.
+    pub fn generate() -> Self {
+        Self(crate::random_hex(16))
+    }
+
+    /// The secret itself. Only for comparing and for sending it to its owner.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with `candidate` in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(candidate).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("********")
+    }
+}
+
+/// Durations written as `"500ms"`, `"5s"`, `"2m"`, `"1h"`, or a number of seconds.
+pub mod duration {
+    use super::*;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as \"5s\" or \"500ms\""))?;
+        let seconds = match unit.trim() {
+            "ms" => number / 1000.0,
+            "" | "s" => number,
+            "m" | "min" => number * 60.0,
+            "h" => number * 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}; use ms, s, m or h"
+                ));
+            }
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    }
+
+    pub fn format(d: Duration) -> String {
+        if d.subsec_millis() != 0 || d.is_zero() {
+            format!("{}ms", d.as_millis())
+        } else {
+            format!("{}s", d.as_secs())
+        }
+    }
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Sizes written as a number of bytes or as `"64KiB"`, `"8 MiB"`, `"1GiB"` (also kB, MB, GB).
+pub mod byte_size {
+    use super::*;
+
+    pub fn parse(text: &str) -> Result<usize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: usize = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as \"64KiB\" or \"8MiB\""))?;
+        let factor: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}; use B, KiB, MiB or GiB"
+                ));
+            }
+        };
+        number
+            .checked_mul(factor)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+
+    pub fn format(n: usize) -> String {
+        match n {
+            n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+            n => format!("{n}B"),
+        }
+    }
+
+    pub fn serialize<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*n))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(n),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The kiosk side: Socket.IO served to the site's screens.
+
+pub mod kiosk;

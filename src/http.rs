@@ -1,0 +1,250 @@
+//! The one HTTP port: Socket.IO under `/socket.io`, the webhook, `/healthz`, `/readyz` and
+//! `/metrics`, served by hyper with graceful shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::hub::HubHandle;
+use crate::metrics::Metrics;
+use crate::upstream::webhook;
+
+/// Pause after a failed `accept` (for example when out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the HTTP handlers need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: HubHandle,
+    pub metrics: Arc<Metrics>,
+    /// Set once the relay is serving.
+    pub ready: Arc<AtomicBool>,
+}
+
+type Body = Full<Bytes>;
+
+/// The service for everything that is not Socket.IO.
+pub fn service(
+    state: AppState,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok(route(req, &state).await) }
+    })
+}
+
+async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let path = req.uri().path();
+    if path == state.config.webhook.path {
+        if req.method() != Method::POST {
+            return with_header(
+                text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+                header::ALLOW,
+                "POST",
+            );
+        }
+        let (parts, body) = req.into_parts();
+        return match webhook::receive(
+            &parts.headers,
+            body,
+            &state.config,
+            &state.hub,
+            &state.metrics,
+        )
+        .await
+        {
+            Ok(change) => json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "ok": true,
+                    "collection": change.collection,
+                    "action": change.action.as_str(),
+                    "keys": change.keys.len(),
+                }),
+            ),
+            Err(reject) => json_response(
+                reject.status,
+                &json!({ "ok": false, "error": reject.message }),
+            ),
+        };
+    }
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            if state.hub.liveness().is_alive() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if !state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            } else if !state.hub.liveness().is_alive() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            state
+                .metrics
+                .hub_queue_depth
+                .set(state.hub.queue_depth() as i64);
+            with_header(
+                text(StatusCode::OK, state.metrics.encode()),
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    with_header(response, header::CONTENT_TYPE, "text/plain; charset=utf-8")
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = text(status, format!("{body}\n"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn with_header(
+    mut response: Response<Body>,
+    name: header::HeaderName,
+    value: &'static str,
+) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(name, header::HeaderValue::from_static(value));
+    response
+}
+
+/// A running HTTP server: an accept loop and its connections.
+#[derive(Debug)]
+pub struct Server {
+    stop: CancellationToken,
+    accept_loop: JoinHandle<GracefulShutdown>,
+}
+
+impl Server {
+    /// Accepts connections on `listener` and serves each with `svc` (HTTP/1 with upgrades for
+    /// WebSocket, and HTTP/2).
+    pub fn start<S, B>(listener: TcpListener, svc: S) -> Server
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stop = CancellationToken::new();
+        let accept_loop = tokio::spawn(accept_loop(listener, svc, stop.clone()));
+        Server { stop, accept_loop }
+    }
+
+    /// Stops accepting, closes every Socket.IO session cleanly, then gives in-flight requests
+    /// up to `grace` to finish.
+    pub async fn shutdown(self, io: &SocketIo, grace: Duration) {
+        self.stop.cancel();
+        let graceful = match self.accept_loop.await {
+            Ok(graceful) => graceful,
+            Err(e) => {
+                warn!(%e, "accept loop ended abnormally");
+                return;
+            }
+        };
+        if tokio::time::timeout(grace, io.close()).await.is_err() {
+            warn!(
+                ?grace,
+                "kiosk sessions did not close within the grace period"
+            );
+        }
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(
+                ?grace,
+                "some requests did not finish within the grace period"
+            );
+        }
+    }
+}
+
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    svc: S,
+    stop: CancellationToken,
+) -> GracefulShutdown
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(%e, "could not accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        stream.set_nodelay(true).ok();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, %e, "connection ended with an error");
+            }
+        });
+    }
+    info!("stopped accepting connections");
+    graceful
+}

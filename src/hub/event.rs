@@ -1,0 +1,209 @@
+//! What flows through the hub: a [`Change`] from upstream in, an [`Event`] for kiosks out.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// What happened to items, as upstream reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One item key: the string form kiosks see, and the JSON value upstream sent (a number for
+/// integer keys), used when the relay writes the key into a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub text: String,
+    pub json: Value,
+}
+
+impl Key {
+    /// Accepts a string or an integer, as Directus sends keys; anything else is `None`.
+    pub fn from_json(value: &Value) -> Option<Key> {
+        let text = match value {
+            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            _ => return None,
+        };
+        Some(Key {
+            text,
+            json: value.clone(),
+        })
+    }
+}
+
+/// A change reported by upstream, normalised: keys are strings, the collection is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub collection: String,
+    pub action: Action,
+    pub keys: Vec<Key>,
+    /// The submitted fields (create, update), when upstream sent them.
+    pub payload: Option<Value>,
+}
+
+/// The Socket.IO event names kiosks know from the Directus hook-extension pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    Create,
+    Update,
+    PreDelete,
+    Delete,
+}
+
+impl EventName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::Create => "data.create",
+            EventName::Update => "data.update",
+            EventName::PreDelete => "data.pre-delete",
+            EventName::Delete => "data.delete",
+        }
+    }
+
+    /// The action label used in metrics.
+    pub fn action(self) -> &'static str {
+        match self {
+            EventName::Create => "create",
+            EventName::Update => "update",
+            EventName::PreDelete => "pre-delete",
+            EventName::Delete => "delete",
+        }
+    }
+}
+
+/// What an event says about the change; [`Stamped`] adds its seq and time.
+#[derive(Debug, Serialize)]
+pub struct EventBody<'a> {
+    pub collection: &'a str,
+    pub keys: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<&'a Value>>,
+}
+
+/// The body of an event as kiosks receive it (DESIGN.md §2).
+#[derive(Debug, Serialize)]
+pub struct Stamped<'a> {
+    #[serde(flatten)]
+    pub body: &'a EventBody<'a>,
+    pub seq: u64,
+    pub ts: &'a str,
+}
+
+/// An event as sent to kiosks, serialised once, kept in the replay ring.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub name: EventName,
+    pub collection: Arc<str>,
+    /// The JSON body, ready to send.
+    pub body: Box<RawValue>,
+}
+
+impl Event {
+    /// Bytes this event holds, for the replay ring's byte bound.
+    pub fn weight(&self) -> usize {
+        self.body.get().len() + self.collection.len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, as Directus writes timestamps.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+/// Formats `time` as `2026-11-28T17:00:00.123Z`.
+pub fn format_rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let millis = since_epoch.subsec_millis();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_timestamps_like_directus() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_795_885_200_123, "2026-11-28T17:00:00.123Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+        ];
+        for (millis, expected) in cases {
+            let t = UNIX_EPOCH + Duration::from_millis(millis);
+            assert_eq!(format_rfc3339(t), expected, "{millis}");
+        }
+    }
+
+    #[test]
+    fn keys_are_strings_whatever_upstream_sent() {
+        let cases = [
+            (json!(24), Some("24")),
+            (json!("24"), Some("24")),
+            (
+                json!("a1aaf176-4a68-4d78-b9b0-475ac2f28bbb"),
+                Some("a1aaf176-4a68-4d78-b9b0-475ac2f28bbb"),
+            ),
+            (json!(-3), Some("-3")),
+            (json!(1.5), None),
+            (json!(""), None),
+            (json!(null), None),
+            (json!({"id": 1}), None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                Key::from_json(&value).map(|k| k.text).as_deref(),
+                expected,
+                "{value}"
+            );
+        }
+    }
+}

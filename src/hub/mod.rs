@@ -1,0 +1,698 @@
+//! The hub: the one task that owns `epoch`, `seq`, the mirror and the replay ring, and the only
+//! place that emits to kiosks.
+//!
+//! Everything reaches it as a [`Command`] through one bounded inbox, so a change, a kiosk's
+//! subscribe and its replay are handled one after the other: a subscribing kiosk gets its ack,
+//! then the replayed events, then the live stream, without gap or duplicate.
+
+pub mod event;
+pub mod mirror;
+pub mod replay;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::socket::DisconnectReason;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use event::{Action, Change, Event, EventBody, EventName, Stamped, now_rfc3339};
+use mirror::{Fingerprints, Mirror, Put};
+use replay::ReplayRing;
+
+/// The room every kiosk is in until it subscribes: it receives every collection, as with the
+/// Directus hook extension.
+pub const ALL_ROOM: &str = "*";
+
+/// How often the hub proves it is alive when idle (drives `/healthz` and the systemd watchdog).
+pub const HUB_TICK: Duration = Duration::from_secs(1);
+
+/// The hub counts as stuck when it has not ticked for this long.
+pub const HUB_STALL: Duration = Duration::from_secs(5);
+
+/// Items whose last state (record fingerprint, or "deleted") the hub remembers to recognise
+/// duplicates beyond the mirror. About 24 bytes each; the oldest is forgotten first.
+pub const SEEN_ITEMS: usize = 16_384;
+
+/// How long the hub keeps trying to disconnect a kiosk whose queue was full.
+const CUT_OFF_RETRY: Duration = Duration::from_millis(250);
+const CUT_OFF_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// A request to the hub.
+pub enum Command {
+    /// A change from upstream.
+    Apply(Change),
+    /// A kiosk connected: put it in the all-collections room and tell it the relay's status.
+    Connected(SocketRef),
+    /// A kiosk asks for collections, optionally resuming.
+    Subscribe {
+        socket: SocketRef,
+        request: SubscribeRequest,
+        ack: AckSender,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Apply(change) => f.debug_tuple("Apply").field(change).finish(),
+            Command::Connected(socket) => f.debug_tuple("Connected").field(&socket.id).finish(),
+            Command::Subscribe {
+                socket, request, ..
+            } => f
+                .debug_struct("Subscribe")
+                .field("sid", &socket.id)
+                .field("request", request)
+                .finish(),
+        }
+    }
+}
+
+/// The body of a kiosk's `subscribe`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    pub collections: Vec<String>,
+    #[serde(default)]
+    pub since: Option<Since>,
+}
+
+/// Where a kiosk left off.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// Why the hub would not take a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The inbox is full (`limits.hub_inbox`).
+    Full,
+    /// The hub has stopped (shutting down).
+    Stopped,
+}
+
+/// Proof of life from the hub's loop.
+#[derive(Debug)]
+pub struct Liveness {
+    start: Instant,
+    last_beat_ms: AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the hub ticked within [`HUB_STALL`].
+    pub fn is_alive(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)) < HUB_STALL.as_millis() as u64
+    }
+}
+
+/// The way to reach the hub. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Command>,
+    liveness: Arc<Liveness>,
+    status: watch::Receiver<HubStatus>,
+    status_tx: Arc<watch::Sender<HubStatus>>,
+}
+
+impl HubHandle {
+    /// Hands a change to the hub without waiting.
+    pub fn try_apply(&self, change: Change) -> Result<(), Busy> {
+        self.tx
+            .try_send(Command::Apply(change))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Busy::Full,
+                mpsc::error::TrySendError::Closed(_) => Busy::Stopped,
+            })
+    }
+
+    /// Hands a change to the hub, waiting while its inbox is full.
+    pub async fn apply(&self, change: Change) -> Result<(), Busy> {
+        self.send(Command::Apply(change)).await
+    }
+
+    /// Sends any command, waiting while the inbox is full.
+    pub async fn send(&self, command: Command) -> Result<(), Busy> {
+        self.tx.send(command).await.map_err(|_| Busy::Stopped)
+    }
+
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// The hub's latest published status.
+    pub fn status(&self) -> HubStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Commands waiting in the inbox.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The hub's inbox, handed to [`start`].
+#[derive(Debug)]
+pub struct Inbox(mpsc::Receiver<Command>);
+
+/// Creates the hub's bounded inbox (`limits.hub_inbox`) and the handle to reach it, before the
+/// parts the hub needs exist.
+pub fn channel(config: &Config) -> (HubHandle, Inbox) {
+    let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
+    let liveness = Arc::new(Liveness::new());
+    liveness.beat();
+    let (status_tx, status) = watch::channel(HubStatus::default());
+    let handle = HubHandle {
+        tx,
+        liveness,
+        status,
+        status_tx: Arc::new(status_tx),
+    };
+    (handle, Inbox(rx))
+}
+
+/// Starts the hub on `tracker`; it stops when `shutdown` is cancelled, after handling what is
+/// already in its inbox.
+pub fn start(
+    handle: &HubHandle,
+    inbox: Inbox,
+    config: &Config,
+    io: SocketIo,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let hub = Hub::new(config.clone(), io, metrics, handle.status_tx.clone());
+    info!(epoch = %hub.epoch, "hub started");
+    hub.publish_status();
+    tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
+}
+
+/// What the hub tells the rest of the relay about itself, refreshed every [`HUB_TICK`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubStatus {
+    pub upstream: Upstream,
+    pub since: String,
+    pub epoch: String,
+    pub seq: u64,
+}
+
+impl Default for HubStatus {
+    fn default() -> Self {
+        Self {
+            upstream: Upstream::Offline,
+            since: now_rfc3339(),
+            epoch: String::new(),
+            seq: 0,
+        }
+    }
+}
+
+/// Upstream state as kiosks see it in `relay.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Live,
+    CatchingUp,
+    Offline,
+}
+
+impl Upstream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Upstream::Live => "live",
+            Upstream::CatchingUp => "catching-up",
+            Upstream::Offline => "offline",
+        }
+    }
+}
+
+/// Marks a kiosk that was cut off; it gets nothing more until it reconnects.
+#[derive(Debug, Clone, Copy)]
+struct CutOff;
+
+struct Hub {
+    config: Config,
+    io: SocketIo,
+    metrics: Arc<Metrics>,
+    epoch: String,
+    seq: u64,
+    mirror: Mirror,
+    ring: ReplayRing,
+    seen: Fingerprints,
+    upstream: (Upstream, String),
+    status_tx: Arc<watch::Sender<HubStatus>>,
+}
+
+impl Hub {
+    fn new(
+        config: Config,
+        io: SocketIo,
+        metrics: Arc<Metrics>,
+        status_tx: Arc<watch::Sender<HubStatus>>,
+    ) -> Self {
+        let limits = &config.limits;
+        Hub {
+            mirror: Mirror::new(limits.mirror_items, limits.mirror_bytes),
+            ring: ReplayRing::new(limits.replay_events, limits.replay_bytes, 0),
+            seen: Fingerprints::new(SEEN_ITEMS),
+            epoch: crate::random_hex(8),
+            seq: 0,
+            upstream: (Upstream::Live, now_rfc3339()),
+            config,
+            io,
+            metrics,
+            status_tx,
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = HubStatus {
+            upstream: self.upstream.0,
+            since: self.upstream.1.clone(),
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+        };
+        self.status_tx.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+        liveness: Arc<Liveness>,
+    ) {
+        let mut tick = tokio::time::interval(HUB_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                command = rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.publish_status(),
+            }
+            liveness.beat();
+            self.metrics.hub_queue_depth.set(rx.len() as i64);
+        }
+        rx.close();
+        while let Ok(command) = rx.try_recv() {
+            self.handle(command);
+        }
+        info!(seq = self.seq, "hub stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply(change) => self.apply(change),
+            Command::Connected(socket) => self.connected(socket),
+            Command::Subscribe {
+                socket,
+                request,
+                ack,
+            } => self.subscribe(socket, request, ack),
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        let collection = change.collection.as_str();
+        self.metrics
+            .changes_in
+            .get_or_create(&metrics::event_labels(collection, change.action.as_str()))
+            .inc();
+        let Some(settings) = self.config.collection(collection) else {
+            debug!(collection, "change for a collection that is not relayed");
+            return;
+        };
+        match change.action {
+            Action::Create | Action::Update => {
+                let mut keys = Vec::new();
+                let mut records = Vec::new();
+                for key in &change.keys {
+                    let base = self
+                        .mirror
+                        .get(collection, &key.text)
+                        .cloned()
+                        .unwrap_or_else(|| json!({ settings.key_field.as_str(): key.json }));
+                    let record = mirror::merge(&base, change.payload.as_ref());
+                    let fresh = self
+                        .seen
+                        .observe(collection, &key.text, &record.to_string());
+                    let changed = match self.mirror.put(collection, &key.text, record.clone()) {
+                        Put::Changed => true,
+                        Put::Unchanged => false,
+                        Put::NotMirrored => fresh,
+                    };
+                    if changed {
+                        keys.push(key.text.as_str());
+                        records.push(record);
+                    }
+                }
+                self.note_mirror(collection);
+                if keys.is_empty() {
+                    self.duplicate(collection);
+                    return;
+                }
+                let payload = change.payload.as_ref();
+                if change.action == Action::Create {
+                    for (key, record) in keys.iter().zip(&records) {
+                        self.emit(
+                            EventName::Create,
+                            EventBody {
+                                collection,
+                                keys: vec![key],
+                                payload,
+                                record: Some(record),
+                                records: None,
+                            },
+                        );
+                    }
+                } else {
+                    self.emit(
+                        EventName::Update,
+                        EventBody {
+                            collection,
+                            keys: keys.clone(),
+                            payload,
+                            record: None,
+                            records: Some(records.iter().collect()),
+                        },
+                    );
+                }
+            }
+            Action::Delete => {
+                let mut keys = Vec::new();
+                let mut records = Vec::new();
+                for key in &change.keys {
+                    let last = self.mirror.remove(collection, &key.text);
+                    let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
+                    if last.is_some() || fresh {
+                        keys.push(key.text.as_str());
+                        records.push(last.unwrap_or(Value::Null));
+                    }
+                }
+                self.note_mirror(collection);
+                if keys.is_empty() {
+                    self.duplicate(collection);
+                    return;
+                }
+                for name in [EventName::PreDelete, EventName::Delete] {
+                    self.emit(
+                        name,
+                        EventBody {
+                            collection,
+                            keys: keys.clone(),
+                            payload: None,
+                            record: None,
+                            records: Some(records.iter().collect()),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn duplicate(&self, collection: &str) {
+        debug!(collection, "duplicate change dropped");
+        self.metrics
+            .duplicates
+            .get_or_create(&metrics::collection_labels(collection))
+            .inc();
+    }
+
+    fn note_mirror(&self, collection: &str) {
+        if let Some(reason) = self.mirror.overflow(collection) {
+            let items = self
+                .metrics
+                .mirror_items
+                .get_or_create(&metrics::collection_labels(collection));
+            if items.get() != -1 {
+                warn!(
+                    collection,
+                    reason = reason.describe(),
+                    "collection too large to mirror: kiosks get no snapshot of it until the relay restarts; raise the limit to mirror it"
+                );
+                items.set(-1);
+            }
+        } else {
+            self.metrics
+                .mirror_items
+                .get_or_create(&metrics::collection_labels(collection))
+                .set(self.mirror.len(collection) as i64);
+        }
+        self.metrics.mirror_bytes.set(self.mirror.bytes() as i64);
+    }
+
+    /// Assigns the next seq, serialises the event once, keeps it for replay and queues it to
+    /// every kiosk in the collection's room or the all-collections room.
+    fn emit(&mut self, name: EventName, body: EventBody<'_>) {
+        let collection = body.collection;
+        self.seq += 1;
+        let ts = now_rfc3339();
+        let stamped = Stamped {
+            body: &body,
+            seq: self.seq,
+            ts: &ts,
+        };
+        let body = match serde_json::value::to_raw_value(&stamped) {
+            Ok(body) => body,
+            Err(e) => {
+                // Values that came in as JSON always serialise; this is a bug, not bad input.
+                warn!(%e, collection, "event could not be serialised; skipped");
+                self.seq -= 1;
+                return;
+            }
+        };
+        let event = Arc::new(Event {
+            seq: self.seq,
+            name,
+            collection: collection.into(),
+            body,
+        });
+        self.ring.push(event.clone());
+        self.metrics.seq.set(self.seq as i64);
+        self.metrics.replay_events.set(self.ring.len() as i64);
+        self.metrics.replay_bytes.set(self.ring.bytes() as i64);
+        self.metrics
+            .events_out
+            .get_or_create(&metrics::event_labels(collection, name.action()))
+            .inc();
+        let rooms = vec![ALL_ROOM.to_owned(), collection.to_owned()];
+        for socket in self.io.to(rooms).sockets() {
+            self.send(&socket, &event);
+        }
+    }
+
+    fn send(&self, socket: &SocketRef, event: &Event) {
+        match socket.emit(event.name.as_str(), &*event.body) {
+            Ok(()) => {
+                self.metrics.deliveries.inc();
+            }
+            Err(e) => self.send_failed(socket, e),
+        }
+    }
+
+    fn send_failed(&self, socket: &SocketRef, error: socketioxide::SendError) {
+        use socketioxide::SendError;
+        use socketioxide::SocketError;
+        match error {
+            SendError::Socket(SocketError::InternalChannelFull) => self.cut_off(socket),
+            SendError::Socket(SocketError::Closed) => {}
+            other => warn!(sid = %socket.id, %other, "could not send to kiosk"),
+        }
+    }
+
+    /// A kiosk whose queue is full would silently miss events. Instead it gets nothing more,
+    /// and is disconnected as soon as its queue has room for the disconnect packet; it then
+    /// reconnects and resumes from its last seq.
+    fn cut_off(&self, socket: &SocketRef) {
+        if socket.extensions.get::<CutOff>().is_some() {
+            return;
+        }
+        socket.extensions.insert(CutOff);
+        socket.leave_all();
+        self.metrics.kiosk_overflows.inc();
+        warn!(
+            sid = %socket.id,
+            queue = self.config.limits.kiosk_queue,
+            "kiosk is not reading fast enough (its queue of limits.kiosk_queue packets is full); disconnecting it so it resumes without gaps"
+        );
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + CUT_OFF_GIVE_UP;
+            while socket.connected() && Instant::now() < deadline {
+                if socket.clone().disconnect().is_ok() {
+                    return;
+                }
+                tokio::time::sleep(CUT_OFF_RETRY).await;
+            }
+        });
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "upstream": self.upstream.0.as_str(),
+            "since": self.upstream.1,
+            "epoch": self.epoch,
+            "seq": self.seq,
+        })
+    }
+
+    fn connected(&self, socket: SocketRef) {
+        if !socket.connected() {
+            return;
+        }
+        socket.join(ALL_ROOM);
+        if let Err(e) = socket.emit("relay.status", &self.status()) {
+            self.send_failed(&socket, e);
+        }
+    }
+
+    fn subscribe(&mut self, socket: SocketRef, request: SubscribeRequest, ack: AckSender) {
+        if socket.extensions.get::<CutOff>().is_some() || !socket.connected() {
+            return;
+        }
+        let wanted: HashSet<&str> = request.collections.iter().map(String::as_str).collect();
+        if wanted.is_empty() {
+            return self.refuse(
+                ack,
+                "invalid",
+                "subscribe needs \"collections\": a list of collection names".into(),
+            );
+        }
+        if let Some(unknown) = wanted.iter().find(|c| self.config.collection(c).is_none()) {
+            let known: Vec<&str> = self
+                .config
+                .collections
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            return self.refuse(
+                ack,
+                "unknown-collection",
+                format!(
+                    "collection {unknown:?} is not relayed; relayed collections: {}",
+                    known.join(", ")
+                ),
+            );
+        }
+
+        let replay = self.replay_for(&request, &wanted);
+        let mut collections = Map::new();
+        for name in &request.collections {
+            let entry = match &replay {
+                Some(events) => json!({
+                    "mode": "replay",
+                    "events": events.iter().filter(|e| &*e.collection == name).count(),
+                }),
+                None => match self.mirror.snapshot(name) {
+                    Some(items) => json!({ "mode": "snapshot", "items": items }),
+                    None => json!({
+                        "mode": "none",
+                        "reason": self.mirror.overflow(name).map(|o| o.describe()),
+                    }),
+                },
+            };
+            collections.insert(name.clone(), entry);
+        }
+        let outcome = if replay.is_some() {
+            "replay"
+        } else {
+            "snapshot"
+        };
+        self.metrics
+            .subscribes
+            .get_or_create(&metrics::reason_labels(outcome))
+            .inc();
+
+        socket.leave(ALL_ROOM);
+        socket.join(request.collections.clone());
+        let ack_body = json!({
+            "ok": true,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "collections": collections,
+        });
+        if let Err(e) = ack.send(&ack_body) {
+            return self.send_failed(&socket, e);
+        }
+        for event in replay.into_iter().flatten() {
+            self.send(&socket, &event);
+        }
+        debug!(sid = %socket.id, outcome, "kiosk subscribed");
+    }
+
+    fn refuse(&self, ack: AckSender, reason: &str, message: String) {
+        self.metrics
+            .subscribes
+            .get_or_create(&metrics::reason_labels(reason))
+            .inc();
+        // The kiosk may have asked without an ack; nothing more to tell it then.
+        ack.send(&json!({ "ok": false, "error": message })).ok();
+    }
+
+    /// The events a resuming kiosk missed in the collections it wants, or `None` when it must
+    /// take a snapshot: no `since`, another epoch, events already dropped from the ring, or more
+    /// events than fit in its queue.
+    fn replay_for(
+        &self,
+        request: &SubscribeRequest,
+        wanted: &HashSet<&str>,
+    ) -> Option<Vec<Arc<Event>>> {
+        let since = request.since.as_ref()?;
+        if since.epoch != self.epoch {
+            return None;
+        }
+        let events: Vec<Arc<Event>> = self
+            .ring
+            .since(since.seq)?
+            .filter(|e| wanted.contains(&*e.collection))
+            .cloned()
+            .collect();
+        (events.len() <= self.config.limits.max_replay_per_subscribe()).then_some(events)
+    }
+}
+
+/// What a kiosk's disconnect is worth logging.
+pub fn describe_disconnect(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "connection closed",
+        DisconnectReason::MultipleHttpPollingError => "polling error",
+        DisconnectReason::PacketParsingError => "sent a malformed packet",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::HeartbeatTimeout => "stopped answering heartbeats",
+        DisconnectReason::ClientNSDisconnect => "disconnected",
+        DisconnectReason::ServerNSDisconnect => "disconnected by the relay",
+        DisconnectReason::ClosingServer => "relay shutting down",
+    }
+}

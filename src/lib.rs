@@ -1,0 +1,92 @@
+//! directus-relay: keeps a bounded mirror of Directus collections and pushes every change to a
+//! site's screens over Socket.IO, with the event names of the Directus hook extension.
+//!
+//! # Layout
+//!
+//! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation.
+//! * [`upstream`]: where changes come from ([`upstream::webhook`]: Directus Flow webhooks).
+//! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring, and emits.
+//! * [`downstream`]: Socket.IO for kiosks ([`downstream::kiosk`]).
+//! * [`http`]: the single HTTP port and its graceful shutdown.
+//! * [`metrics`]: Prometheus figures.
+//! * [`systemd`]: readiness, status, watchdog and stopping notifications.
+//!
+//! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
+//! binds the listener and turns signals into a shutdown token.
+
+pub mod config;
+pub mod downstream;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod systemd;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::Config;
+
+/// Serves the relay on `listener` until `shutdown` is cancelled, then closes kiosk sessions
+/// cleanly, lets in-flight requests finish within `shutdown_grace`, and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let tracker = TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+
+    let (hub, inbox) = hub::channel(&config);
+    let state = http::AppState {
+        config: config.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let (svc, io) = downstream::kiosk::builder(&config.limits)
+        .build_with_inner_svc(http::service(state.clone()));
+    downstream::kiosk::attach(&io, hub.clone(), metrics.clone());
+    hub::start(
+        &hub,
+        inbox,
+        &config,
+        io.clone(),
+        metrics.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    );
+    systemd::spawn_reporter(hub.clone(), metrics.clone(), stop_tasks.clone(), &tracker);
+
+    let addr = listener.local_addr()?;
+    let server = http::Server::start(listener, svc);
+    state.ready.store(true, Ordering::Relaxed);
+    info!(%addr, webhook = %config.webhook.path, "relay listening");
+    systemd::ready(&systemd::status_line(&hub, &metrics));
+
+    shutdown.cancelled().await;
+    info!("shutting down");
+    systemd::stopping();
+    state.ready.store(false, Ordering::Relaxed);
+    server.shutdown(&io, config.shutdown_grace).await;
+    stop_tasks.cancel();
+    tracker.close();
+    tracker.wait().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// `bytes` random bytes from the operating system, as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The OS random source failing is unrecoverable and means the system is broken.
+    getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

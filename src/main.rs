@@ -1,0 +1,204 @@
+//! The `directus-relay` command.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use directus_relay::config::{self, Config, Secret, Source};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Exit status for a configuration error (`EX_CONFIG`), so systemd can be told not to restart
+/// a relay whose config is broken (`RestartPreventExitStatus=78`).
+const EXIT_CONFIG: u8 = 78;
+
+const USAGE: &str = "\
+Usage: directus-relay [COMMAND] [--config PATH]
+
+Commands:
+  run            serve kiosks (the default)
+  check-config   validate the configuration and print it, secrets masked
+
+Options:
+  -c, --config PATH   config file (default: /etc/directus-relay/relay.toml if it exists)
+  -h, --help          this help
+  -V, --version       the version
+
+Environment: RELAY_* variables override the file (RELAY_WEBHOOK__SECRET=..., RELAY_LISTEN=...);
+RUST_LOG sets the log level (default: info).";
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run,
+    CheckConfig,
+    Help,
+    Version,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<(Command, Option<PathBuf>), String> {
+    let mut command = None;
+    let mut config = None;
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok((Command::Help, None)),
+            "-V" | "--version" => return Ok((Command::Version, None)),
+            "-c" | "--config" => {
+                let path = args.next().ok_or("--config needs a path")?;
+                config = Some(PathBuf::from(path));
+            }
+            a if a.starts_with("--config=") => {
+                config = Some(PathBuf::from(&a["--config=".len()..]))
+            }
+            "run" if command.is_none() => command = Some(Command::Run),
+            "check-config" if command.is_none() => command = Some(Command::CheckConfig),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok((command.unwrap_or(Command::Run), config))
+}
+
+fn main() -> ExitCode {
+    let (command, config_path) = match parse_args(std::env::args().skip(1)) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("directus-relay: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("directus-relay {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run | Command::CheckConfig => {}
+    }
+    let (config, source) = match Config::load(config_path.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("directus-relay: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if command == Command::CheckConfig {
+        match &source {
+            Source::File(path) => println!("# configuration OK: {}", path.display()),
+            Source::Defaults => println!("# configuration OK: built-in defaults (no config file)"),
+        }
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(%e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, source)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
+    if config.webhook.secret.is_none() {
+        if let Source::File(path) = &source {
+            anyhow::bail!(
+                "webhook.secret is not set in {}: set webhook.secret or webhook.secret_file, or provide the systemd credential {}",
+                path.display(),
+                config::WEBHOOK_SECRET_CREDENTIAL
+            );
+        }
+        let secret = Secret::generate();
+        eprintln!(
+            "directus-relay: no config file, so webhook mode with a secret generated for this run.\n\
+             \x20 Point the Directus Flow at: POST http://{}{}\n\
+             \x20 with the header:           X-Relay-Secret: {}\n\
+             \x20 The secret changes at every start; set webhook.secret in {} to keep one.",
+            config.listen,
+            config.webhook.path,
+            secret.expose(),
+            config::DEFAULT_CONFIG_PATH
+        );
+        config.webhook.secret = Some(secret);
+    }
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (listen): is another relay or service using that port?",
+            config.listen
+        )
+    })?;
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        on_signal.cancel();
+    });
+    directus_relay::run(config, listener, shutdown).await
+}
+
+/// Logs to stderr: plain when under systemd's journal (which adds its own timestamps),
+/// coloured on a terminal.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<(Command, Option<PathBuf>), String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_the_command_line() {
+        assert_eq!(parse(&[]), Ok((Command::Run, None)));
+        assert_eq!(
+            parse(&["check-config", "--config", "a.toml"]),
+            Ok((Command::CheckConfig, Some("a.toml".into())))
+        );
+        assert_eq!(
+            parse(&["--config=b.toml"]),
+            Ok((Command::Run, Some("b.toml".into())))
+        );
+        assert_eq!(
+            parse(&["-c", "c.toml", "run"]),
+            Ok((Command::Run, Some("c.toml".into())))
+        );
+        assert_eq!(parse(&["--help"]), Ok((Command::Help, None)));
+        assert!(parse(&["--config"]).is_err());
+        assert!(parse(&["serve"]).is_err());
+        assert!(parse(&["run", "run"]).is_err());
+    }
+}

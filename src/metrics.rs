@@ -1,0 +1,189 @@
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
+//!
+//! Counters and gauges are atomics inside `prometheus-client`; every part of the relay holds
+//! an `Arc<Metrics>` and updates its own figures.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EventLabels {
+    pub collection: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CollectionLabels {
+    pub collection: String,
+}
+
+/// Every figure the relay reports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Kiosks connected right now.
+    pub kiosks_connected: Gauge,
+    /// Changes accepted from upstream, by collection and action.
+    pub changes_in: Family<EventLabels, Counter>,
+    /// Changes dropped because kiosks already had them.
+    pub duplicates: Family<CollectionLabels, Counter>,
+    /// Events emitted to kiosks (once per event, not per kiosk), by collection and action.
+    pub events_out: Family<EventLabels, Counter>,
+    /// Event packets queued to kiosks (once per kiosk).
+    pub deliveries: Counter,
+    /// Kiosks cut off because their outbound queue was full.
+    pub kiosk_overflows: Counter,
+    /// Webhook requests refused, by reason.
+    pub webhook_rejects: Family<ReasonLabels, Counter>,
+    /// Commands waiting in the hub's inbox.
+    pub hub_queue_depth: Gauge,
+    /// The seq of the newest event.
+    pub seq: Gauge,
+    pub replay_events: Gauge,
+    pub replay_bytes: Gauge,
+    /// Items mirrored, per collection.
+    pub mirror_items: Family<CollectionLabels, Gauge>,
+    pub mirror_bytes: Gauge,
+    /// Subscribe requests answered with a replay, a snapshot, or refused.
+    pub subscribes: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay");
+        let m = Metrics {
+            kiosks_connected: Gauge::default(),
+            changes_in: Family::default(),
+            duplicates: Family::default(),
+            events_out: Family::default(),
+            deliveries: Counter::default(),
+            kiosk_overflows: Counter::default(),
+            webhook_rejects: Family::default(),
+            hub_queue_depth: Gauge::default(),
+            seq: Gauge::default(),
+            replay_events: Gauge::default(),
+            replay_bytes: Gauge::default(),
+            mirror_items: Family::default(),
+            mirror_bytes: Gauge::default(),
+            subscribes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kiosks_connected",
+            "Kiosks connected now",
+            m.kiosks_connected.clone(),
+        );
+        registry.register(
+            "changes_in",
+            "Changes accepted from upstream",
+            m.changes_in.clone(),
+        );
+        registry.register(
+            "duplicates_dropped",
+            "Changes dropped because kiosks already had them",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "events_out",
+            "Events emitted to kiosks",
+            m.events_out.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Event packets queued to kiosks",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "kiosk_overflows",
+            "Kiosks cut off because their outbound queue was full",
+            m.kiosk_overflows.clone(),
+        );
+        registry.register(
+            "webhook_rejects",
+            "Webhook requests refused",
+            m.webhook_rejects.clone(),
+        );
+        registry.register(
+            "hub_queue_depth",
+            "Commands waiting for the hub",
+            m.hub_queue_depth.clone(),
+        );
+        registry.register("seq", "Seq of the newest event", m.seq.clone());
+        registry.register(
+            "replay_events",
+            "Events held for resuming kiosks",
+            m.replay_events.clone(),
+        );
+        registry.register(
+            "replay_bytes",
+            "Bytes held for resuming kiosks",
+            m.replay_bytes.clone(),
+        );
+        registry.register(
+            "mirror_items",
+            "Items mirrored per collection",
+            m.mirror_items.clone(),
+        );
+        registry.register(
+            "mirror_bytes",
+            "Bytes of mirrored records",
+            m.mirror_bytes.clone(),
+        );
+        registry.register(
+            "subscribes",
+            "Kiosk subscribe requests by outcome",
+            m.subscribes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            out = format!("# metrics could not be encoded: {e}\n");
+        }
+        out
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.webhook_rejects
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn event_labels(collection: &str, action: &str) -> EventLabels {
+    EventLabels {
+        collection: collection.to_owned(),
+        action: action.to_owned(),
+    }
+}
+
+pub fn collection_labels(collection: &str) -> CollectionLabels {
+    CollectionLabels {
+        collection: collection.to_owned(),
+    }
+}
+
+pub fn reason_labels(reason: &str) -> ReasonLabels {
+    ReasonLabels {
+        reason: reason.to_owned(),
+    }
+}
