@@ -1,1 +1,292 @@
-//! Shared helpers for the kiosk tests.
+//! Test harness: the whole relay in-process on `127.0.0.1:0`, kiosks that connect with the
+//! `rust_socketio` client crate, and webhook posts over real HTTP.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use directus_relay::Config;
+use futures_util::FutureExt;
+use rust_socketio::Payload;
+use rust_socketio::asynchronous::{Client, ClientBuilder};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The webhook secret of [`config`].
+pub const SECRET: &str = "kiosk-tests-secret-0123456789";
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A config relaying `screens` and `announcements`, with `extra` TOML appended.
+pub fn config(extra: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+[webhook]
+secret = "{SECRET}"
+[[collections]]
+name = "screens"
+[[collections]]
+name = "announcements"
+{extra}
+"#
+    )
+}
+
+/// A relay running in this process.
+#[derive(Debug)]
+pub struct Relay {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: reqwest::Client,
+}
+
+impl Relay {
+    /// Starts the relay with `toml` on an ephemeral port.
+    pub async fn start(toml: &str) -> Relay {
+        let config = Config::from_toml(toml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(directus_relay::run(config, listener, shutdown.clone()));
+        Relay {
+            addr,
+            shutdown,
+            task,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` to the webhook with the right secret; returns status and body.
+    pub async fn post(&self, body: &str) -> (u16, String) {
+        self.post_with_secret(body, Some(SECRET)).await
+    }
+
+    pub async fn post_with_secret(&self, body: &str, secret: Option<&str>) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(self.url("/hooks/directus"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(secret) = secret {
+            request = request.header("X-Relay-Secret", secret);
+        }
+        let response = request.send().await.expect("webhook request");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// POSTs and asserts the relay accepted the change.
+    pub async fn change(&self, body: &str) {
+        let (status, text) = self.post(body).await;
+        assert_eq!(status, 202, "webhook refused: {text}");
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Stops the relay the way SIGTERM does and checks it ended cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("relay stops within the grace period")
+            .expect("relay task did not panic");
+        result.expect("relay ended without error");
+    }
+}
+
+/// One thing a kiosk received: an event with its name, or the ack of its subscribe.
+#[derive(Debug, Clone)]
+pub enum Received {
+    Event(String, Value),
+    Ack(Value),
+}
+
+/// A kiosk: a real Socket.IO client that records everything it receives, in order.
+pub struct Kiosk {
+    client: Client,
+    tx: mpsc::Sender<Received>,
+    rx: mpsc::Receiver<Received>,
+    stash: VecDeque<Received>,
+    /// What arrived, unread, before the last subscribe's ack.
+    pub before_ack: Vec<Received>,
+}
+
+/// What a kiosk may hold before the test reads it.
+const KIOSK_BUFFER: usize = 100_000;
+
+fn first_arg(payload: Payload) -> Value {
+    match payload {
+        #[allow(deprecated)]
+        Payload::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        Payload::Text(mut values) if !values.is_empty() => values.swap_remove(0),
+        Payload::Text(_) => Value::Null,
+        Payload::Binary(_) => Value::Null,
+    }
+}
+
+impl Kiosk {
+    pub async fn connect(relay: &Relay) -> Kiosk {
+        let (tx, rx) = mpsc::channel(KIOSK_BUFFER);
+        let on_event = tx.clone();
+        let client = ClientBuilder::new(relay.url("/"))
+            .namespace("/")
+            .reconnect(false)
+            .on_any(move |event, payload, _client| {
+                let tx = on_event.clone();
+                async move {
+                    let name = String::from(event);
+                    tx.send(Received::Event(name, first_arg(payload)))
+                        .await
+                        .ok();
+                }
+                .boxed()
+            })
+            .connect()
+            .await
+            .expect("kiosk connects");
+        let mut kiosk = Kiosk {
+            client,
+            tx,
+            rx,
+            stash: VecDeque::new(),
+            before_ack: Vec::new(),
+        };
+        // The client returns before the namespace is joined; the relay greets every kiosk with
+        // `relay.status`, so the first thing received proves the kiosk is connected.
+        let first = kiosk.receive().await;
+        kiosk.stash.push_back(first);
+        kiosk
+    }
+
+    async fn receive(&mut self) -> Received {
+        if let Some(r) = self.stash.pop_front() {
+            return r;
+        }
+        tokio::time::timeout(PATIENCE, self.rx.recv())
+            .await
+            .expect("kiosk received something in time")
+            .expect("kiosk channel open")
+    }
+
+    /// The next event, skipping nothing.
+    pub async fn next(&mut self) -> (String, Value) {
+        match self.receive().await {
+            Received::Event(name, body) => (name, body),
+            Received::Ack(ack) => panic!("expected an event, got the ack {ack}"),
+        }
+    }
+
+    /// The next `data.*` event, skipping `relay.status`.
+    pub async fn next_data(&mut self) -> (String, Value) {
+        loop {
+            let (name, body) = self.next().await;
+            if name != "relay.status" {
+                return (name, body);
+            }
+        }
+    }
+
+    /// The next event, which must be `name`.
+    pub async fn expect(&mut self, name: &str) -> Value {
+        let (got, body) = self.next().await;
+        assert_eq!(got, name, "unexpected event {got}: {body}");
+        body
+    }
+
+    /// Sends `subscribe` with `request` and returns its ack. What was unread or arrived before
+    /// the ack moves to [`Kiosk::before_ack`]; [`Kiosk::next`] then returns what followed it.
+    pub async fn subscribe(&mut self, request: Value) -> Value {
+        // The ack goes into the same channel as events: the client runs ack and event
+        // callbacks one at a time in arrival order, so the channel holds the true order.
+        let on_ack = self.tx.clone();
+        self.client
+            .emit_with_ack("subscribe", request, PATIENCE, move |payload, _client| {
+                let on_ack = on_ack.clone();
+                async move {
+                    // The client hands the ack's argument list over as one array.
+                    let ack = match first_arg(payload) {
+                        Value::Array(mut args) if args.len() == 1 => args.swap_remove(0),
+                        other => other,
+                    };
+                    on_ack.send(Received::Ack(ack)).await.ok();
+                }
+                .boxed()
+            })
+            .await
+            .expect("subscribe sent");
+        let mut before: Vec<Received> = self.stash.drain(..).collect();
+        let ack = loop {
+            let received = tokio::time::timeout(PATIENCE, self.rx.recv())
+                .await
+                .expect("subscribe acknowledged in time")
+                .expect("kiosk channel open");
+            match received {
+                Received::Ack(ack) => break ack,
+                event => before.push(event),
+            }
+        };
+        self.before_ack = before;
+        ack
+    }
+
+    /// Asserts nothing more arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(r) = self.stash.pop_front() {
+            panic!("expected silence, got {r:?}");
+        }
+        if let Ok(Some(r)) = tokio::time::timeout(wait, self.rx.recv()).await {
+            panic!("expected silence, got {r:?}");
+        }
+    }
+
+    pub async fn disconnect(self) {
+        self.client.disconnect().await.ok();
+    }
+}
+
+/// The `seq` of an event body.
+pub fn seq(body: &Value) -> u64 {
+    body["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq in {body}"))
+}
+
+/// The `keys` of an event body.
+pub fn keys(body: &Value) -> Vec<String> {
+    body["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no keys in {body}"))
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .unwrap_or_else(|| panic!("key {k} is not a string"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A webhook body as a Directus Flow sends it.
+pub fn hook(collection: &str, action: &str, keys: Value, payload: Value) -> String {
+    let key_field = if action == "create" { "key" } else { "keys" };
+    serde_json::json!({
+        "event": format!("{collection}.items.{action}"),
+        "collection": collection,
+        key_field: keys,
+        "payload": payload,
+    })
+    .to_string()
+}

@@ -3,10 +3,12 @@
 //! Handlers only translate: every emit, room change and ack goes through the hub, which keeps
 //! the order of acks, replays and live events.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use tracing::{debug, info};
@@ -25,25 +27,40 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
         .ws_max_frame_size(limits.max_message_bytes)
 }
 
-/// Registers the `/` namespace: each kiosk is announced to the hub and may `subscribe`.
+/// Registers the `/` namespace. A kiosk's handlers are set up, and it joins the
+/// all-collections room, in the connect middleware: socketioxide awaits the middleware before it
+/// confirms the connection, so even a kiosk that subscribes at once is heard. The hub then
+/// tells it the relay's status.
 pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>) {
-    io.ns("/", async move |socket: SocketRef| {
-        metrics.kiosks_connected.inc();
-        info!(sid = %socket.id, transport = ?socket.transport_type(), "kiosk connected");
-        let on_disconnect = metrics.clone();
-        socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-            on_disconnect.kiosks_connected.dec();
-            info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
-        });
-        let to_hub = hub.clone();
-        socket.on(
-            "subscribe",
-            async move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-                subscribe(socket, data.ok(), ack, &to_hub).await;
-            },
-        );
+    let setup_hub = hub.clone();
+    let setup = move |socket: SocketRef| {
+        let hub = setup_hub.clone();
+        let metrics = metrics.clone();
+        async move {
+            set_up(&socket, hub, metrics);
+            Ok::<(), Infallible>(())
+        }
+    };
+    let announce = async move |socket: SocketRef| {
         hub.send(Command::Connected(socket)).await.ok();
+    };
+    io.ns("/", announce.with(setup));
+}
+
+fn set_up(socket: &SocketRef, hub: HubHandle, metrics: Arc<Metrics>) {
+    metrics.kiosks_connected.inc();
+    info!(sid = %socket.id, transport = ?socket.transport_type(), "kiosk connected");
+    socket.join(hub::ALL_ROOM);
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        metrics.kiosks_connected.dec();
+        info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
     });
+    socket.on(
+        "subscribe",
+        async move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            subscribe(socket, data.ok(), ack, &hub).await;
+        },
+    );
 }
 
 async fn subscribe(socket: SocketRef, data: Option<Value>, ack: AckSender, hub: &HubHandle) {

@@ -53,7 +53,7 @@ const CUT_OFF_GIVE_UP: Duration = Duration::from_secs(60);
 pub enum Command {
     /// A change from upstream.
     Apply(Change),
-    /// A kiosk connected: put it in the all-collections room and tell it the relay's status.
+    /// A kiosk connected: tell it the relay's status.
     Connected(SocketRef),
     /// A kiosk asks for collections, optionally resuming.
     Subscribe {
@@ -572,7 +572,6 @@ impl Hub {
         if !socket.connected() {
             return;
         }
-        socket.join(ALL_ROOM);
         if let Err(e) = socket.emit("relay.status", &self.status()) {
             self.send_failed(&socket, e);
         }
