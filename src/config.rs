@@ -439,7 +439,7 @@ fn describe_figment_error(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            let key = key_path(&e.path);
             let origin = e
                 .metadata
                 .as_ref()
@@ -451,11 +451,7 @@ fn describe_figment_error(error: figment::Error) -> String {
             let what = match &e.kind {
                 figment::error::Kind::UnknownField(field, expected) => {
                     let expected = expected.join(", ");
-                    let key = if key.is_empty() {
-                        field.clone()
-                    } else {
-                        format!("{key}.{field}")
-                    };
+                    let key = if key.is_empty() { field.clone() } else { key };
                     return format!("{key}: unknown key{origin}; expected one of: {expected}");
                 }
                 kind => kind.to_string(),
@@ -468,6 +464,22 @@ fn describe_figment_error(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `["collections", "0", "name"]` → `collections[0].name`, as the README writes keys.
+fn key_path(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.chars().all(|c| c.is_ascii_digit()) && !key.is_empty() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
 }
 
 /// A secret value: never printed, compared in constant time.

@@ -385,6 +385,43 @@ mod tests {
         }
     }
 
+    /// The hub's inbox full: 503, and the change is not taken.
+    #[tokio::test]
+    async fn a_full_hub_answers_503() {
+        let config =
+            Config::from_toml("[webhook]\nsecret = \"0123456789abcdef\"\n[limits]\nhub_inbox = 1")
+                .expect("valid");
+        // A hub that is never started never drains its inbox.
+        let (hub, _inbox) = crate::hub::channel(&config);
+        let metrics = Metrics::new();
+        let mut headers = HeaderMap::new();
+        headers.insert(SECRET_HEADER, "0123456789abcdef".parse().expect("header"));
+        let body = || {
+            http_body_util::Full::new(Bytes::from_static(
+                br#"{"event":"screens.items.create","key":1,"collection":"screens"}"#,
+            ))
+        };
+        assert!(
+            receive(&headers, body(), &config, &hub, &metrics)
+                .await
+                .is_ok()
+        );
+        let reject = receive(&headers, body(), &config, &hub, &metrics)
+            .await
+            .expect_err("inbox is full");
+        assert_eq!(reject.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            reject.message.contains("limits.hub_inbox = 1"),
+            "{}",
+            reject.message
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"relay_webhook_rejects_total{reason="busy"} 1"#)
+        );
+    }
+
     #[test]
     fn numeric_keys_keep_their_json_type_for_records() {
         let change = parse(

@@ -1,0 +1,275 @@
+//! The `directus-relay` binary as an operator runs it: configuration layering, config errors,
+//! the zero-config start, systemd notifications and a clean exit on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{CREATE, SECRET, post_hook};
+
+const BIN: &str = env!("CARGO_BIN_EXE_directus-relay");
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn relay() -> Command {
+    let mut command = Command::new(BIN);
+    // Only what each test sets reaches the relay.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RELAY_") || key == "NOTIFY_SOCKET" || key.starts_with("WATCHDOG_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// A running relay process whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("relay starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `words` and returns it.
+    fn wait_for(&mut self, words: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(words) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line with {words:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// The address from the "relay listening" log line.
+    fn address(&mut self) -> SocketAddr {
+        let line = self.wait_for("relay listening");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line}"));
+        addr.parse().expect("socket address")
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn check_config_layers_defaults_file_and_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "listen = \"127.0.0.1:7000\"\n[webhook]\nsecret = \"file-secret-0123456789\"\n[[collections]]\nname = \"screens\"",
+    );
+    let output = relay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("RELAY_LISTEN", "127.0.0.1:9999")
+        .env("RELAY_WEBHOOK__SECRET", "env-secret-0123456789")
+        .env("RELAY_LIMITS__KIOSK_QUEUE", "64")
+        .env("RELAY_STATE_DIR", "")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("listen = \"127.0.0.1:9999\""),
+        "environment wins: {stdout}"
+    );
+    assert!(stdout.contains("kiosk_queue = 64"), "{stdout}");
+    assert!(
+        stdout.contains("state_dir = \"/var/lib/directus-relay\""),
+        "empty variable ignored: {stdout}"
+    );
+    assert!(
+        stdout.contains("name = \"screens\""),
+        "file values kept: {stdout}"
+    );
+    assert!(stdout.contains("secret = \"********\""), "{stdout}");
+    assert!(
+        !stdout.contains("secret-0123456789"),
+        "secret printed: {stdout}"
+    );
+}
+
+#[test]
+fn a_broken_config_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "[limits]\nkiosk_queue = \"lots\"");
+    let output = relay().arg("--config").arg(&path).output().expect("runs");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("limits.kiosk_queue"), "{stderr}");
+
+    let output = relay()
+        .args(["--config", "/nonexistent/relay.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("/nonexistent/relay.toml does not exist")
+    );
+
+    let output = relay()
+        .env("RELAY_LISTEN", "nowhere")
+        .arg("check-config")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listen"));
+}
+
+#[test]
+fn a_config_file_without_a_secret_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "listen = \"127.0.0.1:0\"");
+    let output = relay().arg("--config").arg(&path).output().expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook.secret is not set"), "{stderr}");
+}
+
+/// With no config file at all the relay starts in webhook mode on loopback with a secret it
+/// generates and prints, and only that secret is accepted.
+#[tokio::test]
+async fn zero_config_start_generates_and_prints_a_secret() {
+    assert!(
+        !Path::new(directus_relay::config::DEFAULT_CONFIG_PATH).exists(),
+        "this test needs a machine without {}",
+        directus_relay::config::DEFAULT_CONFIG_PATH
+    );
+    let mut command = relay();
+    command.env("RELAY_LISTEN", "127.0.0.1:0");
+    let mut running = Running::spawn(command);
+    let line = running.wait_for("X-Relay-Secret:");
+    let secret = line.rsplit(' ').next().expect("secret").trim().to_owned();
+    assert_eq!(secret.len(), 32, "{line}");
+    let addr = running.address();
+    assert_eq!(post_hook(addr, Some(&secret), CREATE).await.0, 202);
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 401);
+    assert!(running.terminate().success());
+    // The secret is printed once, for the operator, and never logged.
+    while let Ok(line) = running.lines.recv_timeout(Duration::from_millis(200)) {
+        assert!(!line.contains(&secret), "secret logged: {line}");
+    }
+}
+
+/// READY=1 once listening, STATUS=, WATCHDOG=1 while the hub is alive, STOPPING=1 on SIGTERM,
+/// then exit 0.
+#[tokio::test]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let path = write_config(
+        dir.path(),
+        &format!("listen = \"127.0.0.1:0\"\n[webhook]\nsecret = \"{SECRET}\""),
+    );
+    let mut command = relay();
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut running = Running::spawn(command);
+
+    let mut messages = Vec::new();
+    let mut receive_until = |wanted: &str, messages: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {wanted}: {e}; got {messages:?}"));
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            messages.push(message.clone());
+            if message
+                .lines()
+                .any(|l| l == wanted || l.starts_with(wanted))
+            {
+                return message;
+            }
+        }
+    };
+    let ready = receive_until("READY=1", &mut messages);
+    assert!(ready.contains("STATUS=upstream live"), "{ready}");
+    let addr = running.address();
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 202);
+    receive_until("WATCHDOG=1", &mut messages);
+    let status = receive_until("STATUS=", &mut messages);
+    assert!(status.contains("seq 1"), "status follows the hub: {status}");
+    assert!(running.terminate().success(), "exit 0 after SIGTERM");
+    receive_until("STOPPING=1", &mut messages);
+}

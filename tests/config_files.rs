@@ -1,0 +1,121 @@
+//! Every config file shipped in the repo parses, and every file in `tests/invalid-configs/`
+//! fails with the error its first line announces (`# error: <words>`).
+
+use std::fs;
+use std::path::Path;
+
+use directus_relay::Config;
+
+fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let files: Vec<_> = ["examples", "systemd"]
+        .iter()
+        .flat_map(|d| toml_files(d))
+        .collect();
+    assert!(files.len() >= 3, "found {files:?}");
+    let credentials = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        credentials.path().join("webhook_secret"),
+        "from-a-systemd-credential\n",
+    )
+    .expect("write credential");
+    for file in files {
+        let text = fs::read_to_string(&file).expect("read");
+        // Files that point at a secret_file are checked with a stand-in for it.
+        let text = text.replace(
+            "/etc/directus-relay/webhook_secret",
+            &credentials
+                .path()
+                .join("webhook_secret")
+                .display()
+                .to_string(),
+        );
+        let config = Config::from_toml_with_credentials(&text, Some(credentials.path()))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(
+            config.webhook.secret.is_some(),
+            "{}: no secret",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn every_invalid_config_fails_with_its_error() {
+    let files = toml_files("tests/invalid-configs");
+    assert!(files.len() >= 15, "found {files:?}");
+    for file in files {
+        let text = fs::read_to_string(&file).expect("read");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# error: "))
+            .unwrap_or_else(|| panic!("{}: first line must be '# error: ...'", file.display()));
+        match Config::from_toml(&text) {
+            Ok(_) => panic!("{} was accepted", file.display()),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(expected),
+                    "{}:\n  expected: {expected}\n  got: {message}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_secret_can_come_from_a_systemd_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("webhook_secret"),
+        "credential-secret-0123\n",
+    )
+    .expect("write");
+    let config = Config::from_toml_with_credentials("", Some(dir.path())).expect("valid");
+    let secret = config.webhook.secret.expect("secret from the credential");
+    assert_eq!(secret.expose(), "credential-secret-0123");
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_the_printed_config() {
+    let config = Config::from_toml("[webhook]\nsecret = \"very-secret-value-42\"").expect("valid");
+    assert!(!format!("{config:?}").contains("very-secret-value-42"));
+    let printed = config.to_toml();
+    assert!(!printed.contains("very-secret-value-42"), "{printed}");
+    assert!(printed.contains("secret = \"********\""), "{printed}");
+}
+
+#[test]
+fn sizes_and_durations_read_as_written() {
+    let config = Config::from_toml(
+        "shutdown_grace = \"1500ms\"\n[limits]\nreplay_bytes = \"2MiB\"\nmirror_bytes = 4096\nwebhook_body_bytes = \"64 KiB\"",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.shutdown_grace,
+        std::time::Duration::from_millis(1500)
+    );
+    assert_eq!(config.limits.replay_bytes, 2 << 20);
+    assert_eq!(config.limits.mirror_bytes, 4096);
+    assert_eq!(config.limits.webhook_body_bytes, 64 << 10);
+    // And print back in the same units.
+    let printed = config.to_toml();
+    assert!(printed.contains("replay_bytes = \"2MiB\""), "{printed}");
+    assert!(printed.contains("shutdown_grace = \"1500ms\""), "{printed}");
+    let again = Config::from_toml(&printed).expect("the printed config parses");
+    assert_eq!(again.limits.replay_bytes, config.limits.replay_bytes);
+    assert_eq!(again.shutdown_grace, config.shutdown_grace);
+}

@@ -1,0 +1,144 @@
+//! The HTTP port, driven in-process over real sockets: health, readiness, metrics, and every
+//! way a webhook can be refused, after which the relay still serves.
+
+mod common;
+
+use common::{CREATE, SECRET, get, post_hook, raw};
+use directus_relay::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn start() -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let config = Config::from_toml(&format!(
+        "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048"
+    ))
+    .expect("valid config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(directus_relay::run(config, listener, shutdown.clone()));
+    (addr, shutdown, task)
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_unknown_paths() {
+    let (addr, shutdown, task) = start().await;
+    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "relay_kiosks_connected",
+        "relay_hub_queue_depth",
+        "relay_replay_events",
+        "relay_mirror_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    assert_eq!(get(addr, "/hooks/directus").await.0, 405);
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+#[tokio::test]
+async fn webhook_refusals_say_why_and_the_relay_keeps_serving() {
+    let (addr, shutdown, task) = start().await;
+    let big = format!(
+        r#"{{"event":"screens.items.create","key":1,"payload":{{"x":"{}"}}}}"#,
+        "x".repeat(4000)
+    );
+    let cases: Vec<(&str, Option<&str>, String, u16, &str)> = vec![
+        (
+            "no secret",
+            None,
+            CREATE.into(),
+            401,
+            "X-Relay-Secret header is missing",
+        ),
+        (
+            "wrong secret",
+            Some("integration-secret-0123456788"),
+            CREATE.into(),
+            401,
+            "does not match",
+        ),
+        (
+            "short secret",
+            Some("x"),
+            CREATE.into(),
+            401,
+            "does not match",
+        ),
+        ("garbage", Some(SECRET), "{{{".into(), 400, "not valid JSON"),
+        (
+            "unknown event",
+            Some(SECRET),
+            r#"{"event":"screens.items.sort","key":1,"collection":"screens"}"#.into(),
+            400,
+            "unknown event",
+        ),
+        (
+            "unrelayed collection",
+            Some(SECRET),
+            r#"{"event":"channels.items.create","key":"a","collection":"channels"}"#.into(),
+            400,
+            "is not relayed",
+        ),
+        (
+            "oversized",
+            Some(SECRET),
+            big,
+            413,
+            "limits.webhook_body_bytes",
+        ),
+    ];
+    for (what, secret, body, status, words) in cases {
+        let (got, answer) = post_hook(addr, secret, &body).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: {e}: {answer}"));
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(words), "{what}: {error}");
+        assert!(!error.contains(SECRET), "{what}: the secret leaked");
+    }
+
+    // A chunked body that grows past the limit is cut off too.
+    let chunk = "x".repeat(1000);
+    let mut chunked = String::new();
+    for _ in 0..4 {
+        chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let head = format!(
+        "POST /hooks/directus HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Relay-Secret: {SECRET}"
+    );
+    assert_eq!(raw(addr, &head, chunked.as_bytes()).await.0, 413);
+
+    // Still serving: a good change is accepted and health is fine.
+    let (status, answer) = post_hook(addr, Some(SECRET), CREATE).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    let (_, metrics) = get(addr, "/metrics").await;
+    for (reason, count) in [
+        ("bad-secret", 3),
+        ("malformed", 1),
+        ("unknown-event", 1),
+        ("unknown-collection", 1),
+        ("too-large", 2),
+    ] {
+        let line = format!("relay_webhook_rejects_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(r#"relay_changes_in_total{collection="screens",action="create"} 1"#),
+        "{metrics}"
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
