@@ -247,7 +247,7 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     let mut running = Running::spawn(command);
 
     let mut messages = Vec::new();
-    let mut receive_until = |wanted: &str, messages: &mut Vec<String>| {
+    let receive_until = |wanted: &str, messages: &mut Vec<String>| {
         let mut buf = [0u8; 4096];
         loop {
             let n = notify
