@@ -695,3 +695,248 @@ pub fn describe_disconnect(reason: DisconnectReason) -> &'static str {
         DisconnectReason::ClosingServer => "relay shutting down",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event::Key;
+
+    fn hub(extra: &str) -> Hub {
+        let config = Config::from_toml(&format!(
+            "[webhook]\nsecret = \"0123456789abcdef\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"\n{extra}"
+        ))
+        .expect("valid");
+        let (_svc, io) = SocketIo::new_svc();
+        io.ns("/", async |_: SocketRef| {});
+        let (status_tx, _) = watch::channel(HubStatus::default());
+        Hub::new(config, io, Arc::new(Metrics::new()), Arc::new(status_tx))
+    }
+
+    fn change(collection: &str, action: Action, keys: &[Value], payload: Option<Value>) -> Change {
+        Change {
+            collection: collection.into(),
+            action,
+            keys: keys
+                .iter()
+                .map(|k| Key::from_json(k).expect("key"))
+                .collect(),
+            payload,
+        }
+    }
+
+    /// (seq, event name, body) of everything in the ring after `since`.
+    fn events(hub: &Hub, since: u64) -> Vec<(u64, &'static str, Value)> {
+        hub.ring
+            .since(since)
+            .expect("in the ring")
+            .map(|e| {
+                let body: Value = serde_json::from_str(e.body.get()).expect("JSON");
+                (e.seq, e.name.as_str(), body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assigns_consecutive_seqs_and_builds_records() {
+        let mut hub = hub("");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"name": "Lobby"})),
+        ));
+        hub.apply(change(
+            "channels",
+            Action::Create,
+            &[json!("news")],
+            Some(json!({"label": "News"})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!("1")],
+            Some(json!({"status": "on"})),
+        ));
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        let got = events(&hub, 0);
+        let names: Vec<(u64, &str)> = got.iter().map(|(s, n, _)| (*s, *n)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (1, "data.create"),
+                (2, "data.create"),
+                (3, "data.update"),
+                (4, "data.pre-delete"),
+                (5, "data.delete")
+            ]
+        );
+        assert_eq!(got[0].2["record"], json!({"id": 1, "name": "Lobby"}));
+        assert_eq!(got[0].2["keys"], json!(["1"]));
+        assert_eq!(
+            got[1].2["record"],
+            json!({"slug": "news", "label": "News"}),
+            "key_field"
+        );
+        assert_eq!(
+            got[2].2["records"],
+            json!([{"id": 1, "name": "Lobby", "status": "on"}])
+        );
+        assert_eq!(got[2].2["payload"], json!({"status": "on"}));
+        assert_eq!(
+            got[3].2["records"], got[2].2["records"],
+            "pre-delete has the last record"
+        );
+        assert_eq!(got[4].2["records"], got[2].2["records"]);
+        assert!(got[4].2.get("payload").is_none());
+        assert_eq!(hub.mirror.get("screens", "1"), None);
+        assert_eq!(hub.seq, 5);
+    }
+
+    #[test]
+    fn drops_what_kiosks_already_have() {
+        let mut hub = hub("");
+        let create = change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"name": "A"})),
+        );
+        hub.apply(create.clone());
+        hub.apply(create);
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(1)],
+            Some(json!({"name": "A"})),
+        ));
+        assert_eq!(hub.seq, 1, "same record: nothing new");
+        // An update of several keys carries only those that changed.
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(2)],
+            Some(json!({"name": "B"})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(1), json!(2)],
+            Some(json!({"name": "B"})),
+        ));
+        let last = events(&hub, 2);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].2["keys"], json!(["1"]));
+        // A delete of an item already deleted is dropped; of one never seen, it is sent.
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        assert_eq!(hub.seq, 5);
+        hub.apply(change("screens", Action::Delete, &[json!(99)], None));
+        let last = events(&hub, 5);
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[1].2["records"], json!([null]), "never seen: no record");
+        // Unrelayed collections are ignored.
+        hub.apply(change("other", Action::Create, &[json!(1)], None));
+        assert_eq!(hub.seq, 7);
+    }
+
+    #[test]
+    fn a_collection_past_its_bound_is_still_relayed_and_deduplicated() {
+        let mut hub = hub("[limits]\nmirror_items = 2");
+        for key in 1..=3 {
+            hub.apply(change(
+                "screens",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({"n": key})),
+            ));
+        }
+        assert_eq!(
+            hub.seq, 3,
+            "the third create is relayed although not mirrored"
+        );
+        assert_eq!(hub.mirror.snapshot("screens"), None);
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(3)],
+            Some(json!({"n": 4})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(3)],
+            Some(json!({"n": 4})),
+        ));
+        assert_eq!(hub.seq, 4, "the repeat is recognised by fingerprint");
+    }
+
+    fn request(collections: &[&str], since: Option<(&str, u64)>) -> SubscribeRequest {
+        SubscribeRequest {
+            collections: collections.iter().map(|c| c.to_string()).collect(),
+            since: since.map(|(epoch, seq)| Since {
+                epoch: epoch.into(),
+                seq,
+            }),
+        }
+    }
+
+    #[test]
+    fn replay_is_chosen_only_when_it_is_complete_and_fits() {
+        let mut hub = hub("[limits]\nreplay_events = 4\nkiosk_queue = 16");
+        for key in 1..=6 {
+            let collection = if key % 2 == 0 { "screens" } else { "channels" };
+            hub.apply(change(
+                collection,
+                Action::Create,
+                &[json!(key)],
+                Some(json!({})),
+            ));
+        }
+        let epoch = hub.epoch.clone();
+        let screens: HashSet<&str> = ["screens"].into();
+        let seqs =
+            |r: Option<Vec<Arc<Event>>>| r.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>());
+        let replay = |since| seqs(hub.replay_for(&request(&["screens"], since), &screens));
+        assert_eq!(replay(Some((epoch.as_str(), 3))), Some(vec![4, 6]));
+        assert_eq!(
+            replay(Some((epoch.as_str(), 2))),
+            Some(vec![4, 6]),
+            "ring holds 3..=6"
+        );
+        assert_eq!(
+            replay(Some((epoch.as_str(), 1))),
+            None,
+            "event 2 was dropped"
+        );
+        assert_eq!(replay(Some((epoch.as_str(), 6))), Some(vec![]));
+        assert_eq!(replay(Some(("other", 3))), None);
+        assert_eq!(replay(None), None);
+
+        // More missed events than half the kiosk queue: a snapshot.
+        let mut hub = hub_with_many_events();
+        let epoch = hub.epoch.clone();
+        let all = hub.replay_for(&request(&["screens"], Some((&epoch, 0))), &screens);
+        assert!(all.is_none(), "20 missed events do not fit a queue of 16");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!("x")],
+            Some(json!({})),
+        ));
+        let recent = hub.replay_for(&request(&["screens"], Some((&epoch, 20))), &screens);
+        assert_eq!(recent.map(|v| v.len()), Some(1));
+    }
+
+    fn hub_with_many_events() -> Hub {
+        let mut hub = hub("[limits]\nkiosk_queue = 16");
+        for key in 1..=20 {
+            hub.apply(change(
+                "screens",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({})),
+            ));
+        }
+        hub
+    }
+}

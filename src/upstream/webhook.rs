@@ -385,6 +385,39 @@ mod tests {
         }
     }
 
+    /// Truncated and corrupted versions of every captured body: each is parsed or refused,
+    /// never a panic.
+    #[test]
+    fn no_input_panics() {
+        let fixture = include_str!("../../tests/fixtures/webhook_bodies.jsonl");
+        let mut cases = 0;
+        for body in fixture.lines().map(str::as_bytes) {
+            for cut in 0..body.len() {
+                let _ = parse(&body[..cut]);
+                cases += 1;
+            }
+            for (i, replacement) in
+                (0..body.len()).zip([b'"', b'{', b']', b'0', b'\\', 0xff].iter().cycle())
+            {
+                let mut corrupted = body.to_vec();
+                corrupted[i] = *replacement;
+                let _ = parse(&corrupted);
+                cases += 1;
+            }
+        }
+        for odd in [
+            &b"null"[..],
+            b"[]",
+            b"{}",
+            b"\"x\"",
+            b"{\"event\":null}",
+            b"{\"event\":\".items.create\",\"key\":1}",
+        ] {
+            assert!(parse(odd).is_err());
+        }
+        assert!(cases > 4000, "{cases}");
+    }
+
     /// The hub's inbox full: 503, and the change is not taken.
     #[tokio::test]
     async fn a_full_hub_answers_503() {
