@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use directus_relay::Config;
 use futures_util::FutureExt;
-use rust_socketio::Payload;
+use rust_socketio::{Event, Payload};
 use rust_socketio::asynchronous::{Client, ClientBuilder};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -125,6 +125,10 @@ pub struct Kiosk {
     pub before_ack: Vec<Received>,
 }
 
+/// The name under which a kiosk records the relay's Socket.IO disconnect packet: a clean close,
+/// as opposed to a dropped connection.
+pub const SERVER_DISCONNECT: &str = "(disconnected by the relay)";
+
 /// What a kiosk may hold before the test reads it.
 const KIOSK_BUFFER: usize = 100_000;
 
@@ -142,6 +146,7 @@ impl Kiosk {
     pub async fn connect(relay: &Relay) -> Kiosk {
         let (tx, rx) = mpsc::channel(KIOSK_BUFFER);
         let on_event = tx.clone();
+        let on_close = tx.clone();
         let client = ClientBuilder::new(relay.url("/"))
             .namespace("/")
             .reconnect(false)
@@ -152,6 +157,13 @@ impl Kiosk {
                     tx.send(Received::Event(name, first_arg(payload)))
                         .await
                         .ok();
+                }
+                .boxed()
+            })
+            .on(Event::Close, move |_payload, _client| {
+                let tx = on_close.clone();
+                async move {
+                    tx.send(Received::Event(SERVER_DISCONNECT.into(), Value::Null)).await.ok();
                 }
                 .boxed()
             })

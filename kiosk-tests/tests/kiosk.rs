@@ -547,3 +547,14 @@ async fn drain_until(kiosk: &mut Kiosk, final_seq: u64, mut each: impl FnMut(&st
         }
     }
 }
+
+/// On shutdown the relay closes each kiosk's transport (not a Socket.IO disconnect, after
+/// which browser clients would not reconnect by themselves), and its run ends without error.
+#[tokio::test]
+async fn shutdown_closes_kiosk_transports_so_kiosks_reconnect() {
+    let relay = Relay::start(&config("")).await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    kiosk.expect("relay.status").await;
+    relay.stop().await;
+    kiosk.assert_quiet(Duration::from_millis(500)).await;
+}
