@@ -1,0 +1,226 @@
+// The reference kiosk page (examples/kiosk.html) in headless Debian Chromium, driven by
+// playwright-core: it is served, with the socket.io-client browser bundle, by a small static
+// server, and shows the `screens` collection the relay sends it.
+
+import assert from "node:assert/strict";
+import { mkdirSync, readFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+import { accept, E2E_DIR, REPO_ROOT, RELAY_URL, RUN_ID } from "./helpers.mjs";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const OUTPUT_DIR = join(REPO_ROOT, "test-output");
+const WAIT_MS = 10_000;
+const STRICT = process.env.E2E_STRICT === "1";
+/** Known bug, reported: the relay answers Socket.IO's polling handshake without CORS headers. */
+const CORS_BUG =
+  "known bug: the relay sends no Access-Control-Allow-Origin, so the page's polling handshake to another origin is blocked (see e2e/README.md)";
+
+/**
+ * Serves exactly the two files the page needs (everything else is 404) and, when `proxyTo`
+ * is given, passes /socket.io/ (HTTP and WebSocket upgrades) on to the relay, so the page can
+ * also reach the relay on its own origin.
+ */
+function startStaticServer({ proxyTo } = {}) {
+  const files = {
+    "/kiosk.html": [join(REPO_ROOT, "examples/kiosk.html"), "text/html; charset=utf-8"],
+    "/socket.io.min.js": [
+      join(E2E_DIR, "node_modules/socket.io-client/dist/socket.io.min.js"),
+      "text/javascript; charset=utf-8",
+    ],
+  };
+  const relay = proxyTo ? new URL(proxyTo) : null;
+  const requests = [];
+  const tunnels = new Set();
+  const server = http.createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    if (relay && path.startsWith("/socket.io/")) {
+      const upstream = http.request(
+        { host: relay.hostname, port: relay.port, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      upstream.on("error", () => res.headersSent ? res.destroy() : res.writeHead(502).end());
+      req.pipe(upstream);
+      return;
+    }
+    requests.push(`${req.method} ${path}`);
+    const file = files[path];
+    if (req.method === "GET" && file) {
+      res.writeHead(200, { "content-type": file[1], "cache-control": "no-store" });
+      res.end(readFileSync(file[0]));
+    } else if (path === "/favicon.ico") {
+      res.writeHead(204).end(); // not part of the page; keeps the console free of a 404
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+    }
+  });
+  server.on("upgrade", (req, client, head) => {
+    if (!relay || !req.url.startsWith("/socket.io/")) return client.destroy();
+    const upstream = net.connect(Number(relay.port), relay.hostname, () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(`${raw}\r\n`);
+      if (head.length) upstream.write(head);
+      client.pipe(upstream).pipe(client);
+    });
+    tunnels.add(client).add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    upstream.on("error", end).on("close", end);
+    client.on("error", end).on("close", end);
+  });
+  const close = () =>
+    new Promise((resolve) => {
+      tunnels.forEach((s) => s.destroy());
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve({ port: server.address().port, requests, close }));
+  });
+}
+
+let browser;
+const sites = [];
+
+before(async () => {
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30_000 });
+});
+
+after(async () => {
+  await browser?.close();
+  await Promise.all(sites.map((s) => s.close()));
+});
+
+/**
+ * Opens kiosk.html?relay=<relay for the page> and checks that a create, an update, a resume
+ * after a missed update, and a delete of a screen show on the page, without console errors.
+ */
+async function kioskScenario(t, { site, relayForPage, screenshot }) {
+  const page = await browser.newPage({ viewport: { width: 800, height: 450 } });
+  const problems = [];
+  const received = []; // what the relay sent the page, on either transport
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
+  });
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} (${req.failure()?.errorText})`));
+  page.on("websocket", (ws) => ws.on("framereceived", (f) => received.push(String(f.payload))));
+  page.on("response", async (res) => {
+    if (res.url().includes("transport=polling") && res.request().method() === "GET") {
+      received.push(await res.text().catch(() => ""));
+    }
+  });
+  const dump = async () =>
+    `status=${JSON.stringify(await page.locator("#status").textContent())} items=${JSON.stringify(
+      await page.locator("#screens li").allTextContents(),
+    )} problems=${JSON.stringify(problems.slice(0, 4))}`;
+  const shoot = async (name) => {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, name);
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot: ${path}`);
+  };
+
+  try {
+    const url = `http://127.0.0.1:${site.port}/kiosk.html?relay=${relayForPage}`;
+    t.diagnostic(`opening ${url}`);
+    await page.goto(url, { waitUntil: "load" });
+
+    // relay.status arrived: the page says "live since <time>".
+    await page
+      .locator("#status")
+      .filter({ hasText: /^live since \d{4}-/ })
+      .waitFor({ timeout: WAIT_MS })
+      .catch(async (e) => {
+        await shoot(screenshot.replace(/\.png$/, "-failed.png")).catch(() => {});
+        assert.fail(`the page never showed the relay status: ${await dump()}\n${e.message.split("\n")[0]}`);
+      });
+
+    const key = 700_000 + Math.floor(Math.random() * 100_000);
+    const names = ["lobby", "foyer", "atrium"].map((n) => `E2E ${n} ${RUN_ID}`);
+    const item = (text) => page.locator("#screens li", { hasText: text });
+    const shows = (text, what) =>
+      item(text)
+        .waitFor({ timeout: WAIT_MS })
+        .catch(async () => assert.fail(`${what}: "${text}" not shown: ${await dump()}`));
+
+    await accept({ event: "screens.items.create", payload: { name: names[0], status: "draft" }, key, collection: "screens" });
+    await shows(names[0], "created screen");
+
+    await accept({ event: "screens.items.update", payload: { name: names[1] }, keys: [key], collection: "screens" });
+    await shows(names[1], "updated screen");
+    assert.equal(await item(names[0]).count(), 0, `the old name is gone: ${await dump()}`);
+    assert.equal(await item(names[1]).count(), 1, `the screen is listed once: ${await dump()}`);
+    await shoot(screenshot);
+
+    // Offline while the screen is renamed again: on reconnect the page resumes (a replay).
+    await page.evaluate(() => socket.disconnect()); // the page's own socket (a global)
+    await accept({ event: "screens.items.update", payload: { name: names[2] }, keys: [key], collection: "screens" });
+    await page.waitForTimeout(300);
+    assert.equal(await item(names[2]).count(), 0, "nothing arrives while disconnected");
+    received.length = 0;
+    await page.evaluate(() => socket.connect());
+    await shows(names[2], "screen renamed while the page was offline");
+    assert.equal(await item(names[1]).count(), 0, `the old name is gone: ${await dump()}`);
+    assert.ok(
+      received.some((frame) => frame.includes('"mode":"replay"')),
+      `the page resumed with a replay, not a snapshot: ${received.join(" | ").slice(0, 600)}`,
+    );
+
+    await accept({ event: "screens.items.delete", payload: [String(key)], keys: [String(key)], collection: "screens" });
+    await item(names[2])
+      .waitFor({ state: "detached", timeout: WAIT_MS })
+      .catch(async () => assert.fail(`deleted screen still shown: ${await dump()}`));
+
+    assert.deepEqual(problems, [], "no console errors, page errors or failed requests");
+    assert.deepEqual(
+      site.requests.filter((r) => !r.endsWith("/favicon.ico")),
+      ["GET /kiosk.html", "GET /socket.io.min.js"],
+      "the page loaded its two files from the static server",
+    );
+  } finally {
+    await page.close();
+  }
+}
+
+// As deployed: the page on its own web server, the relay on another origin (?relay=<relay>).
+test(
+  "kiosk.html on its own origin shows, changes, resumes and removes a screen from the relay",
+  { timeout: 60_000, todo: STRICT ? false : CORS_BUG },
+  async (t) => {
+    const site = await startStaticServer();
+    sites.push(site);
+    await kioskScenario(t, { site, relayForPage: RELAY_URL, screenshot: "kiosk-cross-origin.png" });
+  },
+);
+
+// The same page reaching the relay through its own origin (the static server passes
+// /socket.io/ on), which needs no CORS: checks the page itself, whatever the origin question.
+test(
+  "kiosk.html reaching the relay through its own origin shows, changes, resumes and removes a screen",
+  { timeout: 60_000 },
+  async (t) => {
+    const site = await startStaticServer({ proxyTo: RELAY_URL });
+    sites.push(site);
+    await kioskScenario(t, { site, relayForPage: `http://127.0.0.1:${site.port}`, screenshot: "kiosk.png" });
+  },
+);

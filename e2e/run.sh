@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# End-to-end tests of directus-relay with the real socket.io-client (WebSocket and long-polling)
+# and the reference kiosk page in headless Debian Chromium (playwright-core).
+#
+#   bash e2e/run.sh
+#
+# Environment:
+#   RELAY_BIN=path   test this binary instead of building with `cargo build --release`
+#   E2E_STRICT=1     count known bugs (tests marked todo) as failures
+#
+# Installs what it needs (npm ci into e2e/node_modules; Debian chromium via apt-get when
+# /usr/bin/chromium is missing, which needs root), starts one relay on a free port, runs the
+# node tests against it, stops it with SIGTERM and checks it exits 0. The last line is
+# "N passed, M failed"; the exit status is non-zero when anything failed.
+set -euo pipefail
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$E2E_DIR/.." && pwd)"
+STARTED_AT=$(date +%s)
+CHROMIUM=/usr/bin/chromium
+SECRET="e2e-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
+log() { printf '[e2e %3ss] %s\n' "$(($(date +%s) - STARTED_AT))" "$*"; }
+
+mkdir -p "$E2E_DIR/.work"
+RUN_DIR="$(mktemp -d "$E2E_DIR/.work/run.XXXXXX")"
+RELAY_PID=""
+
+cleanup() {
+  local rc=$?
+  if [[ -n "$RELAY_PID" ]] && kill -0 "$RELAY_PID" 2>/dev/null; then
+    kill -TERM "$RELAY_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$RELAY_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$RELAY_PID" 2>/dev/null || true
+  fi
+  if [[ $rc -ne 0 && -f "$RUN_DIR/relay.log" ]]; then
+    echo "---- relay log (last 40 lines) ----"
+    tail -n 40 "$RUN_DIR/relay.log" || true
+    echo "----"
+  fi
+  rm -rf "$RUN_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- npm dependencies (socket.io-client, playwright-core), never a browser download -------
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+log "installing npm dependencies (npm ci)"
+(cd "$E2E_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+
+# --- the relay ---------------------------------------------------------------------------
+if [[ -z "${RELAY_BIN:-}" ]]; then
+  log "building the relay (cargo build --release)"
+  (cd "$REPO_ROOT" && cargo build --release)
+  RELAY_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/directus-relay"
+fi
+[[ -x "$RELAY_BIN" ]] || { echo "relay binary not found or not executable: $RELAY_BIN" >&2; exit 1; }
+
+# --- Chromium from Debian, only when missing ---------------------------------------------
+if [[ ! -x "$CHROMIUM" ]]; then
+  log "installing Debian chromium (apt-get)"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "$CHROMIUM is missing and installing it needs root: apt-get install chromium" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+fi
+log "$("$CHROMIUM" --version 2>/dev/null || echo "chromium at $CHROMIUM")"
+
+# --- a free port, asked of the OS --------------------------------------------------------
+PORT="$(node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')"
+RELAY_URL="http://127.0.0.1:$PORT"
+
+cat >"$RUN_DIR/relay.toml" <<EOF
+listen = "127.0.0.1:$PORT"
+state_dir = "$RUN_DIR/state"
+shutdown_grace = "2s"
+
+[webhook]
+path = "/hooks/directus"
+secret = "$SECRET"
+
+[[collections]]
+name = "screens"
+
+[[collections]]
+name = "announcements"
+EOF
+mkdir -p "$RUN_DIR/state"
+
+# --- start the relay and wait for /healthz -----------------------------------------------
+log "starting $RELAY_BIN on $RELAY_URL"
+# The relay reads RELAY_* variables as config overrides; RELAY_BIN is ours, not its.
+env -u RELAY_BIN RUST_LOG="${RUST_LOG:-info}" "$RELAY_BIN" --config "$RUN_DIR/relay.toml" 2>"$RUN_DIR/relay.log" &
+RELAY_PID=$!
+
+healthy=""
+for _ in $(seq 100); do
+  if ! kill -0 "$RELAY_PID" 2>/dev/null; then
+    echo "the relay exited before it was healthy" >&2
+    exit 1
+  fi
+  if node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' \
+    "$RELAY_URL/healthz"; then
+    healthy=1
+    break
+  fi
+  sleep 0.1
+done
+[[ -n "$healthy" ]] || { echo "the relay did not answer /healthz with 200 within 10 s" >&2; exit 1; }
+log "relay healthy (pid $RELAY_PID)"
+
+# --- the node tests ----------------------------------------------------------------------
+log "running the tests"
+export E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
+export E2E_REPORT="$RUN_DIR/report.txt"
+: >"$E2E_REPORT"
+tests_rc=0
+(cd "$E2E_DIR" && timeout 240 node --test --test-concurrency=1 \
+  --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
+  kiosk.test.mjs browser.test.mjs) || tests_rc=$?
+
+count() { # the number after "# <word>" in the TAP summary, 0 when absent
+  local n
+  n=$(sed -n "s/^# $1 \([0-9][0-9]*\)$/\1/p" "$RUN_DIR/results.tap" | tail -n 1)
+  echo "${n:-0}"
+}
+passed=$(count pass)
+failed=$(( $(count fail) + $(count cancelled) ))
+if [[ $tests_rc -ne 0 && $failed -eq 0 ]]; then
+  echo "the test runner exited $tests_rc without reporting a failed test" >&2
+  failed=$((failed + 1))
+fi
+
+# Known bugs: tests marked todo. node counts todo tests neither as passed nor as failed. A
+# failing one is listed (and counted as failed under E2E_STRICT=1); a passing one means the
+# bug is fixed and its todo marker can go, and counts as passed.
+known_failing=$(grep -E '^ *not ok [0-9]+ - .*# TODO' "$RUN_DIR/results.tap" | sed -E 's/^ *not ok [0-9]+ - //' || true)
+known_passing=$(grep -E '^ *ok [0-9]+ - .*# TODO' "$RUN_DIR/results.tap" | sed -E 's/^ *ok [0-9]+ - //' || true)
+lines() { if [[ -n "$1" ]]; then grep -c . <<<"$1"; else echo 0; fi; }
+passed=$((passed + $(lines "$known_passing")))
+if [[ "${E2E_STRICT:-}" == 1 ]]; then failed=$((failed + $(lines "$known_failing"))); fi
+
+# --- stop the relay: SIGTERM, and it must exit 0 -----------------------------------------
+kill -TERM "$RELAY_PID"
+relay_rc=0
+wait "$RELAY_PID" || relay_rc=$?
+RELAY_PID=""
+if [[ $relay_rc -eq 0 ]]; then
+  log "ok - the relay exited 0 on SIGTERM"
+  passed=$((passed + 1))
+else
+  log "not ok - the relay exited $relay_rc on SIGTERM"
+  failed=$((failed + 1))
+fi
+if grep -qE 'panicked|ERROR' "$RUN_DIR/relay.log"; then
+  log "not ok - the relay logged errors:"
+  grep -E 'panicked|ERROR' "$RUN_DIR/relay.log" | head -n 20
+  failed=$((failed + 1))
+else
+  log "ok - the relay logged no errors"
+  passed=$((passed + 1))
+fi
+
+echo
+echo "==== summary ===="
+cat "$E2E_REPORT"
+if [[ -n "$known_failing" ]]; then
+  echo "known bugs (tests marked todo, still failing$([[ "${E2E_STRICT:-}" == 1 ]] && echo ", counted as failed under E2E_STRICT=1" || echo "; E2E_STRICT=1 counts them as failed")):"
+  sed 's/^/  - /' <<<"$known_failing"
+fi
+if [[ -n "$known_passing" ]]; then
+  echo "todo tests that now PASS (the bug is fixed: remove their todo marker):"
+  sed 's/^/  - /' <<<"$known_passing"
+fi
+[[ -d "$REPO_ROOT/test-output" ]] && echo "screenshots: $REPO_ROOT/test-output/"
+echo "e2e took $(($(date +%s) - STARTED_AT)) s"
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
