@@ -20,6 +20,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/directus-relay/relay.toml";
 /// `webhook.secret` nor `webhook.secret_file` is set.
 pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook_secret";
 
+/// Credential names for the Directus token and password.
+pub const DIRECTUS_TOKEN_CREDENTIAL: &str = "directus_token";
+pub const DIRECTUS_PASSWORD_CREDENTIAL: &str = "directus_password";
+
 /// Shortest webhook secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -41,6 +45,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// The Directus server to read from. Absent: webhooks are the only source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directus: Option<DirectusConfig>,
     /// The collections relayed to kiosks. Empty: every collection the webhook sends.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
@@ -72,6 +79,67 @@ impl Default for WebhookConfig {
     }
 }
 
+/// How changes reach the relay from Directus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Directus's realtime WebSocket, with the activity log as the catch-up.
+    Websocket,
+    /// The activity log every `poll_interval`.
+    Poll,
+    /// Flow webhooks, with the activity log as the catch-up.
+    Webhook,
+}
+
+/// The Directus server the relay reads from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectusConfig {
+    /// `https://cms.example.com` (plain `http://` only to this machine).
+    pub url: url::Url,
+    /// A static token of the relay's Directus user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Email and password, for those who cannot use a static token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "defaults::mode")]
+    pub mode: Mode,
+    /// How often `poll` mode reads the activity log.
+    #[serde(default = "defaults::poll_interval", with = "duration")]
+    pub poll_interval: Duration,
+    /// How often every mode re-reads the activity log to repair anything missed.
+    #[serde(default = "defaults::reconcile_interval", with = "duration")]
+    pub reconcile_interval: Duration,
+    /// Extra CA certificates (PEM) for a Directus behind a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of every request to Directus.
+    #[serde(default = "defaults::request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+}
+
+impl DirectusConfig {
+    /// The credentials, once secrets are resolved.
+    pub fn auth(&self) -> Option<crate::upstream::directus::Auth> {
+        use crate::upstream::directus::Auth;
+        match (&self.token, &self.email, &self.password) {
+            (Some(token), _, _) => Some(Auth::Token(token.clone())),
+            (None, Some(email), Some(password)) => Some(Auth::Login {
+                email: email.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// One relayed collection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +148,9 @@ pub struct CollectionConfig {
     /// The primary key field, written into records built from webhook payloads.
     #[serde(default = "defaults::key_field")]
     pub key_field: String,
+    /// The fields read from Directus (`["*"]`: all), which must include `key_field`.
+    #[serde(default = "defaults::fields")]
+    pub fields: Vec<String>,
 }
 
 /// Named bounds on every queue, buffer and input. See the README for the policy when full.
@@ -154,6 +225,21 @@ mod defaults {
     }
     pub fn key_field() -> String {
         "id".into()
+    }
+    pub fn fields() -> Vec<String> {
+        vec!["*".into()]
+    }
+    pub fn mode() -> Mode {
+        Mode::Websocket
+    }
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn reconcile_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn hub_inbox() -> usize {
         1024
@@ -264,6 +350,22 @@ impl Config {
             credentials_dir,
             WEBHOOK_SECRET_CREDENTIAL,
         )?;
+        if let Some(directus) = &mut self.directus {
+            directus.token = resolve_secret(
+                "directus.token",
+                directus.token.take(),
+                directus.token_file.as_deref(),
+                credentials_dir,
+                DIRECTUS_TOKEN_CREDENTIAL,
+            )?;
+            directus.password = resolve_secret(
+                "directus.password",
+                directus.password.take(),
+                directus.password_file.as_deref(),
+                credentials_dir,
+                DIRECTUS_PASSWORD_CREDENTIAL,
+            )?;
+        }
         Ok(())
     }
 
@@ -295,6 +397,15 @@ impl Config {
                     secret.expose().len()
                 ),
             ));
+        }
+        if let Some(directus) = &self.directus {
+            validate_directus(directus)?;
+            if self.collections.is_empty() {
+                return Err(invalid(
+                    "collections",
+                    "list the collections to relay: with [directus] the relay reads them from Directus",
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for (i, c) in self.collections.iter().enumerate() {
@@ -328,6 +439,12 @@ impl Config {
                     "must not be empty",
                 ));
             }
+            if !c.fields.iter().any(|f| f == "*" || *f == c.key_field) {
+                return Err(invalid(
+                    format!("collections[{i}].fields"),
+                    format!("must include the key field {:?} (or \"*\")", c.key_field),
+                ));
+            }
         }
         let l = &self.limits;
         let minimums: [(&str, usize, usize); 8] = [
@@ -351,6 +468,13 @@ impl Config {
         Ok(())
     }
 
+    /// Whether the relay needs a webhook secret: it receives webhooks as its source.
+    pub fn needs_webhook_secret(&self) -> bool {
+        self.directus
+            .as_ref()
+            .is_none_or(|d| d.mode == Mode::Webhook)
+    }
+
     /// The configured collection, or `None` when it is not relayed. With no collections
     /// configured every collection is relayed with default settings.
     pub fn collection(&self, name: &str) -> Option<CollectionConfig> {
@@ -358,6 +482,7 @@ impl Config {
             return Some(CollectionConfig {
                 name: name.to_owned(),
                 key_field: defaults::key_field(),
+                fields: defaults::fields(),
             });
         }
         self.collections.iter().find(|c| c.name == name).cloned()
@@ -376,6 +501,7 @@ impl Default for Config {
             state_dir: defaults::state_dir(),
             shutdown_grace: defaults::shutdown_grace(),
             webhook: WebhookConfig::default(),
+            directus: None,
             collections: Vec::new(),
             limits: Limits::default(),
         }
@@ -391,6 +517,80 @@ fn env_provider() -> Env {
             std::env::var_os(name).is_some_and(|v| !v.is_empty())
         })
         .split("__")
+}
+
+fn validate_directus(d: &DirectusConfig) -> Result<(), ConfigError> {
+    match d.url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&d.url) => {}
+        "http" => {
+            return Err(invalid(
+                "directus.url",
+                format!(
+                    "{} is plain http to another host: the token would travel unencrypted; use https://",
+                    d.url
+                ),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "directus.url",
+                format!("{other}:// is not a Directus URL; use https://"),
+            ));
+        }
+    }
+    if d.url.query().is_some() || d.url.fragment().is_some() {
+        return Err(invalid("directus.url", "must not have a query or fragment"));
+    }
+    match (&d.token, &d.email, &d.password) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(invalid(
+                "directus.token",
+                "set either a token or email and password, not both",
+            ));
+        }
+        (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+        (None, Some(_), None) => {
+            return Err(invalid(
+                "directus.password",
+                "email is set but password is not",
+            ));
+        }
+        (None, None, Some(_)) => {
+            return Err(invalid(
+                "directus.email",
+                "password is set but email is not",
+            ));
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "directus.token",
+                format!(
+                    "not set: set directus.token, directus.token_file, or provide the systemd credential {DIRECTUS_TOKEN_CREDENTIAL}"
+                ),
+            ));
+        }
+    }
+    let positive = [
+        ("directus.poll_interval", d.poll_interval),
+        ("directus.reconcile_interval", d.reconcile_interval),
+        ("directus.request_timeout", d.request_timeout),
+    ];
+    for (key, value) in positive {
+        if value < Duration::from_millis(100) {
+            return Err(invalid(key, "must be at least 100ms"));
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn resolve_secret(

@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the relay is serving.
     pub ready: Arc<AtomicBool>,
+    /// Tells the upstream to run the activity cursor after a webhook.
+    pub kick: Arc<tokio::sync::Notify>,
 }
 
 type Body = Full<Bytes>;
@@ -77,15 +79,18 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         )
         .await
         {
-            Ok(change) => json_response(
-                StatusCode::ACCEPTED,
-                &json!({
-                    "ok": true,
-                    "collection": change.collection,
-                    "action": change.action.as_str(),
-                    "keys": change.keys.len(),
-                }),
-            ),
+            Ok(change) => {
+                state.kick.notify_one();
+                json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({
+                        "ok": true,
+                        "collection": change.collection,
+                        "action": change.action.as_str(),
+                        "keys": change.keys.len(),
+                    }),
+                )
+            }
             Err(reject) => json_response(
                 reject.status,
                 &json!({ "ok": false, "error": reject.message }),

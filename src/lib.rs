@@ -50,6 +50,7 @@ pub async fn run(
         hub: hub.clone(),
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        kick: Arc::new(tokio::sync::Notify::new()),
     };
     let (svc, io) = downstream::kiosk::builder(&config.limits)
         .build_with_inner_svc(http::service(state.clone()));
@@ -64,6 +65,13 @@ pub async fn run(
         &tracker,
     );
     systemd::spawn_reporter(hub.clone(), metrics.clone(), stop_tasks.clone(), &tracker);
+    upstream::spawn(
+        config.clone(),
+        hub.clone(),
+        state.kick.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    )?;
 
     let addr = listener.local_addr()?;
     let server = http::Server::start(listener, svc);

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
-    if config.webhook.secret.is_none() {
+    if config.webhook.secret.is_none() && config.needs_webhook_secret() {
         if let Source::File(path) = &source {
             anyhow::bail!(
                 "webhook.secret is not set in {}: set webhook.secret or webhook.secret_file, or provide the systemd credential {}",

@@ -59,6 +59,18 @@ pub struct Change {
     pub payload: Option<Value>,
 }
 
+/// Current records read from Directus: each key with its full record, or `None` when the item
+/// no longer exists. The hub compares them with the mirror to decide what kiosks are told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sync {
+    pub collection: String,
+    pub items: Vec<(Key, Option<Value>)>,
+    /// What upstream said happened, for collections the hub cannot compare (not mirrored).
+    pub hint: Action,
+    /// The items are the whole collection: mirrored items not among them were deleted.
+    pub complete: bool,
+}
+
 /// The Socket.IO event names kiosks know from the Directus hook-extension pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventName {

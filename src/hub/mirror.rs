@@ -129,6 +129,14 @@ impl Mirror {
         }
     }
 
+    /// Keys mirrored in `collection`.
+    pub fn keys(&self, collection: &str) -> impl Iterator<Item = &String> {
+        self.collections
+            .get(collection)
+            .into_iter()
+            .flat_map(|c| c.items.keys())
+    }
+
     /// Items mirrored in `collection`.
     pub fn len(&self, collection: &str) -> usize {
         self.collections

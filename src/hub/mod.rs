@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
-use event::{Action, Change, Event, EventBody, EventName, Stamped, now_rfc3339};
+use event::{Action, Change, Event, EventBody, EventName, Stamped, Sync, now_rfc3339};
 use mirror::{Fingerprints, Mirror, Put};
 use replay::ReplayRing;
 
@@ -51,8 +51,12 @@ const CUT_OFF_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// A request to the hub.
 pub enum Command {
-    /// A change from upstream.
+    /// A change from upstream, as submitted (webhook): merged into the known records.
     Apply(Change),
+    /// Current records from Directus: they replace the known records.
+    Sync(Sync),
+    /// The upstream's state changed; kiosks are told.
+    Upstream(Upstream),
     /// A kiosk connected: tell it the relay's status.
     Connected(SocketRef),
     /// A kiosk asks for collections, optionally resuming.
@@ -67,6 +71,13 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Apply(change) => f.debug_tuple("Apply").field(change).finish(),
+            Command::Sync(sync) => f
+                .debug_struct("Sync")
+                .field("collection", &sync.collection)
+                .field("items", &sync.items.len())
+                .field("complete", &sync.complete)
+                .finish(),
+            Command::Upstream(state) => f.debug_tuple("Upstream").field(state).finish(),
             Command::Connected(socket) => f.debug_tuple("Connected").field(&socket.id).finish(),
             Command::Subscribe {
                 socket, request, ..
@@ -282,7 +293,11 @@ impl Hub {
             seen: Fingerprints::new(SEEN_ITEMS),
             epoch: crate::random_hex(8),
             seq: 0,
-            upstream: (Upstream::Live, now_rfc3339()),
+            // Webhooks alone are live at once; a Directus source first catches up.
+            upstream: match config.directus {
+                None => (Upstream::Live, now_rfc3339()),
+                Some(_) => (Upstream::CatchingUp, now_rfc3339()),
+            },
             config,
             io,
             metrics,
@@ -335,6 +350,8 @@ impl Hub {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Apply(change) => self.apply(change),
+            Command::Sync(sync) => self.sync(sync),
+            Command::Upstream(state) => self.set_upstream(state),
             Command::Connected(socket) => self.connected(socket),
             Command::Subscribe {
                 socket,
@@ -438,6 +455,126 @@ impl Hub {
                         },
                     );
                 }
+            }
+        }
+    }
+
+    /// Replaces known records with current ones: new keys are created, changed ones updated,
+    /// vanished ones deleted; what kiosks already have is not sent again.
+    fn sync(&mut self, sync: Sync) {
+        let collection = sync.collection.as_str();
+        if self.config.collection(collection).is_none() {
+            return;
+        }
+        self.metrics
+            .changes_in
+            .get_or_create(&metrics::event_labels(collection, sync.hint.as_str()))
+            .inc();
+        let mut created = Vec::new();
+        let mut updated = Vec::new();
+        let mut deleted = Vec::new();
+        let mut listed = HashSet::new();
+        for (key, record) in &sync.items {
+            listed.insert(key.text.as_str());
+            let known = self.mirror.get(collection, &key.text).is_some();
+            match record {
+                Some(record) => {
+                    let fresh = self
+                        .seen
+                        .observe(collection, &key.text, &record.to_string());
+                    match self.mirror.put(collection, &key.text, record.clone()) {
+                        Put::Unchanged => {}
+                        Put::Changed if known => updated.push((key.text.as_str(), record)),
+                        Put::Changed => created.push((key.text.as_str(), record)),
+                        Put::NotMirrored if !fresh => {}
+                        Put::NotMirrored if sync.hint == Action::Create => {
+                            created.push((key.text.as_str(), record))
+                        }
+                        Put::NotMirrored => updated.push((key.text.as_str(), record)),
+                    }
+                }
+                None => {
+                    let last = self.mirror.remove(collection, &key.text);
+                    let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
+                    let mirrored = self.mirror.overflow(collection).is_none();
+                    if last.is_some() || (fresh && !mirrored) {
+                        deleted.push((key.text.clone(), last.unwrap_or(Value::Null)));
+                    }
+                }
+            }
+        }
+        if sync.complete && self.mirror.overflow(collection).is_none() {
+            let gone: Vec<String> = self
+                .mirror
+                .keys(collection)
+                .filter(|k| !listed.contains(k.as_str()))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some(last) = self.mirror.remove(collection, &key) {
+                    self.seen.observe(collection, &key, &"\0deleted");
+                    deleted.push((key, last));
+                }
+            }
+        }
+        self.note_mirror(collection);
+        if created.is_empty() && updated.is_empty() && deleted.is_empty() {
+            self.duplicate(collection);
+            return;
+        }
+        for (key, record) in &created {
+            self.emit(
+                EventName::Create,
+                EventBody {
+                    collection,
+                    keys: vec![key],
+                    payload: None,
+                    record: Some(record),
+                    records: None,
+                },
+            );
+        }
+        if !updated.is_empty() {
+            self.emit(
+                EventName::Update,
+                EventBody {
+                    collection,
+                    keys: updated.iter().map(|(k, _)| *k).collect(),
+                    payload: None,
+                    record: None,
+                    records: Some(updated.iter().map(|(_, r)| *r).collect()),
+                },
+            );
+        }
+        if !deleted.is_empty() {
+            let keys: Vec<&str> = deleted.iter().map(|(k, _)| k.as_str()).collect();
+            let records: Vec<&Value> = deleted.iter().map(|(_, r)| r).collect();
+            for name in [EventName::PreDelete, EventName::Delete] {
+                self.emit(
+                    name,
+                    EventBody {
+                        collection,
+                        keys: keys.clone(),
+                        payload: None,
+                        record: None,
+                        records: Some(records.clone()),
+                    },
+                );
+            }
+        }
+    }
+
+    fn set_upstream(&mut self, state: Upstream) {
+        if self.upstream.0 == state {
+            return;
+        }
+        info!(upstream = state.as_str(), "upstream state changed");
+        self.upstream = (state, now_rfc3339());
+        self.publish_status();
+        let status = self.status();
+        for socket in self.io.sockets() {
+            if let Err(e) = socket.emit("relay.status", &status) {
+                self.send_failed(&socket, e);
             }
         }
     }
