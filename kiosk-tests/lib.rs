@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use directus_relay::Config;
 use futures_util::FutureExt;
-use rust_socketio::{Event, Payload};
 use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::{Event, Payload};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -163,7 +163,9 @@ impl Kiosk {
             .on(Event::Close, move |_payload, _client| {
                 let tx = on_close.clone();
                 async move {
-                    tx.send(Received::Event(SERVER_DISCONNECT.into(), Value::Null)).await.ok();
+                    tx.send(Received::Event(SERVER_DISCONNECT.into(), Value::Null))
+                        .await
+                        .ok();
                 }
                 .boxed()
             })
