@@ -25,6 +25,7 @@ log() { printf '[e2e %3ss] %s\n' "$(($(date +%s) - STARTED_AT))" "$*"; }
 mkdir -p "$E2E_DIR/.work"
 RUN_DIR="$(mktemp -d "$E2E_DIR/.work/run.XXXXXX")"
 RELAY_PID=""
+SUMMARY_PRINTED=""
 
 cleanup() {
   local rc=$?
@@ -33,12 +34,16 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$RELAY_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$RELAY_PID" 2>/dev/null || true
   fi
-  if [[ $rc -ne 0 && -f "$RUN_DIR/relay.log" ]]; then
+  if [[ $rc -ne 0 && -z "$SUMMARY_PRINTED" && -f "$RUN_DIR/relay.log" ]]; then
     echo "---- relay log (last 40 lines) ----"
     tail -n 40 "$RUN_DIR/relay.log" || true
     echo "----"
   fi
   rm -rf "$RUN_DIR"
+  if [[ $rc -ne 0 && -z "$SUMMARY_PRINTED" ]]; then
+    echo "e2e stopped before the tests finished (exit $rc)"
+    echo "0 passed, 1 failed"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -120,7 +125,7 @@ export E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_WEBHOOK_PATH="/
 export E2E_REPORT="$RUN_DIR/report.txt"
 : >"$E2E_REPORT"
 tests_rc=0
-(cd "$E2E_DIR" && timeout 240 node --test --test-concurrency=1 \
+(cd "$E2E_DIR" && timeout --foreground 300 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
   kiosk.test.mjs browser.test.mjs) || tests_rc=$?
@@ -167,6 +172,11 @@ else
   passed=$((passed + 1))
 fi
 
+if [[ $failed -ne 0 ]]; then
+  echo "---- relay log (last 40 lines) ----"
+  tail -n 40 "$RUN_DIR/relay.log" || true
+fi
+
 echo
 echo "==== summary ===="
 cat "$E2E_REPORT"
@@ -180,5 +190,6 @@ if [[ -n "$known_passing" ]]; then
 fi
 [[ -d "$REPO_ROOT/test-output" ]] && echo "screenshots: $REPO_ROOT/test-output/"
 echo "e2e took $(($(date +%s) - STARTED_AT)) s"
+SUMMARY_PRINTED=1
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
