@@ -1,6 +1,8 @@
 //! Test harness: the whole relay in-process on `127.0.0.1:0`, kiosks that connect with the
 //! `rust_socketio` client crate, and webhook posts over real HTTP.
 
+pub mod fake_directus;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;

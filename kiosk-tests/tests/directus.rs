@@ -1,0 +1,378 @@
+//! The relay following a Directus (an in-process fake over TLS with a test CA) in each mode:
+//! start-up load, live changes, lost webhooks repaired, outages caught up exactly once,
+//! out-of-order activity ids, collections without activity, TLS and token problems.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kiosk_tests::fake_directus::{FakeDirectus, TOKEN, TestCa};
+use kiosk_tests::{Kiosk, Relay, SECRET, hook, keys, seq};
+use serde_json::{Value, json};
+
+struct Setup {
+    fake: FakeDirectus,
+    relay: Relay,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(mode: &str, extra: &str, before: impl FnOnce(&FakeDirectus)) -> Setup {
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id"), ("channels", "slug")]).await;
+    fake.create(
+        "screens",
+        json!({"id": 1, "name": "Lobby", "status": "published"}),
+    );
+    fake.create("channels", json!({"slug": "news", "label": "News"}));
+    before(&fake);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write_ca(dir.path());
+    let config = format!(
+        r#"
+[webhook]
+secret = "{SECRET}"
+[directus]
+url = "{url}"
+token = "{TOKEN}"
+ca_file = "{ca}"
+mode = "{mode}"
+poll_interval = "100ms"
+reconcile_interval = "500ms"
+request_timeout = "2s"
+{extra}
+[[collections]]
+name = "screens"
+[[collections]]
+name = "channels"
+key_field = "slug"
+"#,
+        url = fake.url(),
+        ca = ca_file.display(),
+    );
+    let relay = Relay::start(&config).await;
+    Setup {
+        fake,
+        relay,
+        _dir: dir,
+    }
+}
+
+/// Reads until `relay.status` says `upstream`; returns the status.
+async fn wait_status(kiosk: &mut Kiosk, upstream: &str) -> Value {
+    loop {
+        let (name, body) = kiosk.next().await;
+        if name == "relay.status" && body["upstream"] == upstream {
+            return body;
+        }
+    }
+}
+
+/// Connects a kiosk once the relay is live and subscribes it to both collections.
+async fn live_kiosk(relay: &Relay) -> (Kiosk, Value) {
+    let mut kiosk = Kiosk::connect(relay).await;
+    wait_status(&mut kiosk, "live").await;
+    let ack = kiosk
+        .subscribe(json!({"collections": ["screens", "channels"]}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    (kiosk, ack)
+}
+
+fn snapshot(ack: &Value, collection: &str, key_field: &str) -> BTreeMap<String, Value> {
+    ack["collections"][collection]["items"]
+        .as_array()
+        .expect("snapshot items")
+        .iter()
+        .map(|i| (key_text(&i[key_field]), i.clone()))
+        .collect()
+}
+
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Applies an event to a kiosk's view.
+fn apply(view: &mut BTreeMap<String, Value>, name: &str, body: &Value) {
+    match name {
+        "data.create" => {
+            view.insert(keys(body)[0].clone(), body["record"].clone());
+        }
+        "data.update" => {
+            for (k, r) in keys(body)
+                .into_iter()
+                .zip(body["records"].as_array().expect("records"))
+            {
+                view.insert(k, r.clone());
+            }
+        }
+        "data.delete" => {
+            for k in keys(body) {
+                view.remove(&k);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn check_live_changes(mode: &str) {
+    let s = setup(mode, "", |_| {}).await;
+    let (mut kiosk, ack) = live_kiosk(&s.relay).await;
+    assert_eq!(
+        snapshot(&ack, "screens", "id")["1"],
+        json!({"id": 1, "name": "Lobby", "status": "published"}),
+        "{mode}: the start-up load fills the mirror"
+    );
+    assert_eq!(snapshot(&ack, "channels", "slug").len(), 1);
+
+    s.fake.create(
+        "screens",
+        json!({"id": 2, "name": "Hall", "status": "draft"}),
+    );
+    let body = kiosk.expect("data.create").await;
+    assert_eq!(
+        body["record"],
+        json!({"id": 2, "name": "Hall", "status": "draft"}),
+        "{mode}"
+    );
+    assert_eq!(keys(&body), vec!["2"]);
+
+    s.fake
+        .update("screens", "2", json!({"status": "published"}));
+    let body = kiosk.expect("data.update").await;
+    assert_eq!(body["records"][0]["status"], "published", "{mode}");
+
+    s.fake
+        .update("channels", "news", json!({"label": "World news"}));
+    let body = kiosk.expect("data.update").await;
+    assert_eq!(keys(&body), vec!["news"]);
+
+    s.fake.delete("screens", "2");
+    let pre = kiosk.expect("data.pre-delete").await;
+    let del = kiosk.expect("data.delete").await;
+    assert_eq!(keys(&del), vec!["2"]);
+    assert_eq!(pre["records"], del["records"]);
+    assert_eq!(seq(&del), seq(&pre) + 1);
+    // Push and the cursor both saw these changes; kiosks saw each once.
+    kiosk.assert_quiet(Duration::from_millis(1200)).await;
+    s.relay.stop().await;
+    s.fake.stop();
+}
+
+#[tokio::test]
+async fn websocket_mode_relays_each_change_once() {
+    check_live_changes("websocket").await;
+}
+
+#[tokio::test]
+async fn poll_mode_relays_each_change_once() {
+    check_live_changes("poll").await;
+}
+
+/// A Flow call that never arrives is repaired by the cursor; a webhook's partial record is
+/// completed by re-reading the item.
+#[tokio::test]
+async fn webhook_mode_repairs_lost_calls_and_completes_records() {
+    let s = setup("webhook", "", |_| {}).await;
+    let (mut kiosk, _) = live_kiosk(&s.relay).await;
+
+    // Lost: Directus wrote it, the Flow never called.
+    s.fake.create(
+        "screens",
+        json!({"id": 5, "name": "Lost", "status": "draft"}),
+    );
+    let body = kiosk.expect("data.create").await;
+    assert_eq!(body["record"]["name"], "Lost");
+
+    // Delivered: the webhook carries only the submitted fields; the re-read adds the rest.
+    s.fake.create(
+        "screens",
+        json!({"id": 6, "name": "Hooked", "status": "draft"}),
+    );
+    s.relay
+        .change(&hook(
+            "screens",
+            "create",
+            json!(6),
+            json!({"name": "Hooked"}),
+        ))
+        .await;
+    let first = kiosk.expect("data.create").await;
+    assert_eq!(first["record"], json!({"id": 6, "name": "Hooked"}));
+    assert_eq!(first["payload"], json!({"name": "Hooked"}));
+    let completed = kiosk.expect("data.update").await;
+    assert_eq!(
+        completed["records"][0],
+        json!({"id": 6, "name": "Hooked", "status": "draft"})
+    );
+    kiosk.assert_quiet(Duration::from_millis(1200)).await;
+    s.relay.stop().await;
+    s.fake.stop();
+}
+
+/// Directus goes away: kiosks hear `offline` and keep their content; changes made meanwhile
+/// arrive once it is back, each exactly once, and the kiosk's view equals Directus's items.
+#[tokio::test]
+async fn an_outage_is_caught_up_exactly_once() {
+    for mode in ["websocket", "poll"] {
+        let s = setup(mode, "", |_| {}).await;
+        let (mut kiosk, ack) = live_kiosk(&s.relay).await;
+        let mut view = snapshot(&ack, "screens", "id");
+
+        s.fake.down();
+        wait_status(&mut kiosk, "offline").await;
+        s.fake.create(
+            "screens",
+            json!({"id": 7, "name": "While away", "status": "draft"}),
+        );
+        s.fake
+            .update("screens", "1", json!({"name": "Lobby (renamed)"}));
+        s.fake.update("screens", "1", json!({"status": "draft"}));
+        s.fake.delete("screens", "7");
+        s.fake.create(
+            "screens",
+            json!({"id": 8, "name": "Stays", "status": "draft"}),
+        );
+        s.fake.up();
+
+        let mut events = Vec::new();
+        loop {
+            let (name, body) = kiosk.next().await;
+            if name == "relay.status" {
+                if body["upstream"] == "live" {
+                    break;
+                }
+                continue;
+            }
+            apply(&mut view, &name, &body);
+            events.push((name, keys(&body)));
+        }
+        // Everything is in before the relay says live again.
+        kiosk.assert_quiet(Duration::from_millis(800)).await;
+        let expected: BTreeMap<String, Value> = s.fake.items("screens");
+        assert_eq!(view, expected, "{mode}: the kiosk's view is Directus's");
+        let updates_of_1 = events
+            .iter()
+            .filter(|(n, k)| n == "data.update" && k.contains(&"1".to_string()))
+            .count();
+        assert_eq!(
+            updates_of_1, 1,
+            "{mode}: one update for item 1, with its final state: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|(_, k)| k.contains(&"7".to_string())),
+            "{mode}: item 7 came and went while away; kiosks need not hear of it: {events:?}"
+        );
+        s.relay.stop().await;
+        s.fake.stop();
+    }
+}
+
+/// An activity id that becomes visible after a higher one was read is still relayed.
+#[tokio::test]
+async fn ids_committed_out_of_order_are_not_skipped() {
+    let s = setup("poll", "", |_| {}).await;
+    let (mut kiosk, _) = live_kiosk(&s.relay).await;
+    let late = s
+        .fake
+        .create_uncommitted("screens", json!({"id": 20, "name": "Late"}));
+    s.fake.create("screens", json!({"id": 21, "name": "Early"}));
+    let body = kiosk.expect("data.create").await;
+    assert_eq!(keys(&body), vec!["21"]);
+    kiosk.assert_quiet(Duration::from_millis(300)).await;
+    s.fake.commit_late(late);
+    let body = kiosk.expect("data.create").await;
+    assert_eq!(keys(&body), vec!["20"]);
+    s.relay.stop().await;
+    s.fake.stop();
+}
+
+/// A collection whose activity is off is reloaded whole at every reconcile: its changes,
+/// deletes included, still reach kiosks.
+#[tokio::test]
+async fn a_collection_without_activity_is_reconciled() {
+    let s = setup("poll", "", |fake| fake.activity_off("channels")).await;
+    let (mut kiosk, ack) = live_kiosk(&s.relay).await;
+    assert_eq!(snapshot(&ack, "channels", "slug").len(), 1);
+    s.fake
+        .create("channels", json!({"slug": "sport", "label": "Sport"}));
+    s.fake.delete("channels", "news");
+    let (mut created, mut deleted) = (false, false);
+    while !(created && deleted) {
+        let (name, body) = kiosk.next_data().await;
+        match name.as_str() {
+            "data.create" => {
+                assert_eq!(keys(&body), vec!["sport"]);
+                created = true;
+            }
+            "data.pre-delete" => assert_eq!(keys(&body), vec!["news"]),
+            "data.delete" => {
+                assert_eq!(keys(&body), vec!["news"]);
+                deleted = true;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    kiosk.assert_quiet(Duration::from_millis(800)).await;
+    s.relay.stop().await;
+    s.fake.stop();
+}
+
+/// A Directus whose certificate the relay cannot verify is never trusted: the relay stays
+/// offline (and keeps serving kiosks).
+#[tokio::test]
+async fn an_unverifiable_certificate_keeps_the_relay_offline() {
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
+    let config = format!(
+        "[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nmode = \"poll\"\n[[collections]]\nname = \"screens\"",
+        fake.url()
+    );
+    let relay = Relay::start(&config).await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    wait_status(&mut kiosk, "offline").await;
+    assert!(
+        !fake.requests().iter().any(|r| r.starts_with("/activity")),
+        "no request got through: {:?}",
+        fake.requests()
+    );
+    relay.stop().await;
+    fake.stop();
+}
+
+/// A token Directus refuses: offline, and no data.
+#[tokio::test]
+async fn a_refused_token_keeps_the_relay_offline() {
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
+    fake.create("screens", json!({"id": 1}));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[directus]\nurl = \"{}\"\ntoken = \"wrong-token\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"",
+        fake.url(),
+        ca.write_ca(dir.path()).display()
+    );
+    let relay = Relay::start(&config).await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    wait_status(&mut kiosk, "offline").await;
+    let ack = kiosk.subscribe(json!({"collections": ["screens"]})).await;
+    assert_eq!(ack["collections"]["screens"]["items"], json!([]), "{ack}");
+    relay.stop().await;
+    fake.stop();
+}
+
+/// `TOKEN_EXPIRED` on the socket: the relay authenticates again and events keep coming.
+#[tokio::test]
+async fn an_expired_socket_token_is_renewed() {
+    let s = setup("websocket", "", |_| {}).await;
+    let (mut kiosk, _) = live_kiosk(&s.relay).await;
+    s.fake.expire_tokens();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.fake
+        .create("screens", json!({"id": 30, "name": "After expiry"}));
+    let body = kiosk.expect("data.create").await;
+    assert_eq!(keys(&body), vec!["30"]);
+    s.relay.stop().await;
+    s.fake.stop();
+}
