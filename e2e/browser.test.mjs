@@ -24,10 +24,6 @@ const ARGS = [
 ];
 const OUTPUT_DIR = join(REPO_ROOT, "test-output");
 const WAIT_MS = 10_000;
-const STRICT = process.env.E2E_STRICT === "1";
-/** Known bug, reported: the relay answers Socket.IO's polling handshake without CORS headers. */
-const CORS_BUG =
-  "known bug: the relay sends no Access-Control-Allow-Origin, so the page's polling handshake to another origin is blocked (see e2e/README.md)";
 
 /**
  * Serves exactly the two files the page needs (everything else is 404) and, when `proxyTo`
@@ -205,7 +201,7 @@ async function kioskScenario(t, { site, relayForPage, screenshot }) {
 // As deployed: the page on its own web server, the relay on another origin (?relay=<relay>).
 test(
   "kiosk.html on its own origin shows, changes, resumes and removes a screen from the relay",
-  { timeout: 60_000, todo: STRICT ? false : CORS_BUG },
+  { timeout: 60_000 },
   async (t) => {
     const site = await startStaticServer();
     sites.push(site);

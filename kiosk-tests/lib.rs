@@ -146,12 +146,21 @@ fn first_arg(payload: Payload) -> Value {
 
 impl Kiosk {
     pub async fn connect(relay: &Relay) -> Kiosk {
+        Self::connect_with_auth(relay, Value::Null).await
+    }
+
+    /// Connects with `auth` as the Socket.IO handshake data (none when `null`).
+    pub async fn connect_with_auth(relay: &Relay, auth: Value) -> Kiosk {
         let (tx, rx) = mpsc::channel(KIOSK_BUFFER);
         let on_event = tx.clone();
         let on_close = tx.clone();
-        let client = ClientBuilder::new(relay.url("/"))
+        let mut builder = ClientBuilder::new(relay.url("/"))
             .namespace("/")
-            .reconnect(false)
+            .reconnect(false);
+        if !auth.is_null() {
+            builder = builder.auth(auth);
+        }
+        let client = builder
             .on_any(move |event, payload, _client| {
                 let tx = on_event.clone();
                 async move {

@@ -52,7 +52,36 @@ pub struct Config {
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
     #[serde(default)]
+    pub clients: ClientsConfig,
+    #[serde(default)]
     pub limits: Limits,
+}
+
+/// Who may connect as a kiosk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Web origins whose pages may connect (`["*"]`: any). Browsers enforce it for polling;
+    /// the relay also refuses WebSocket upgrades from other origins.
+    #[serde(default = "defaults::allowed_origins")]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: defaults::allowed_origins(),
+        }
+    }
+}
+
+impl ClientsConfig {
+    /// Whether a page from `origin` may connect.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
 }
 
 /// The Directus Flow webhook receiver.
@@ -225,6 +254,9 @@ mod defaults {
     }
     pub fn key_field() -> String {
         "id".into()
+    }
+    pub fn allowed_origins() -> Vec<String> {
+        vec!["*".into()]
     }
     pub fn fields() -> Vec<String> {
         vec!["*".into()]
@@ -446,6 +478,23 @@ impl Config {
                 ));
             }
         }
+        for (i, origin) in self.clients.allowed_origins.iter().enumerate() {
+            let valid = origin == "*"
+                || url::Url::parse(origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                });
+            if !valid {
+                return Err(invalid(
+                    format!("clients.allowed_origins[{i}]"),
+                    format!(
+                        "{origin:?} is not an origin such as \"https://signage.example.com\" (or \"*\")"
+                    ),
+                ));
+            }
+        }
         let l = &self.limits;
         let minimums: [(&str, usize, usize); 8] = [
             ("limits.hub_inbox", l.hub_inbox, 1),
@@ -503,6 +552,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             directus: None,
             collections: Vec::new(),
+            clients: ClientsConfig::default(),
             limits: Limits::default(),
         }
     }

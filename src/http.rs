@@ -253,3 +253,81 @@ where
     info!("stopped accepting connections");
     graceful
 }
+
+/// Cross-origin access to Socket.IO for kiosk pages served from elsewhere (`[clients]
+/// allowed_origins`): polling answers carry `Access-Control-Allow-Origin`, preflights are
+/// answered, and requests from an origin not allowed — WebSocket upgrades included — get 403.
+#[derive(Debug, Clone)]
+pub struct Cors<S> {
+    inner: S,
+    clients: Arc<crate::config::ClientsConfig>,
+    path: &'static str,
+}
+
+impl<S> Cors<S> {
+    pub fn new(inner: S, clients: crate::config::ClientsConfig) -> Self {
+        Self {
+            inner,
+            clients: Arc::new(clients),
+            path: "/socket.io",
+        }
+    }
+}
+
+type CorsBody<B> = http_body_util::Either<B, Body>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Cors<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<CorsBody<B>>;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let path = req.uri().path();
+        let socket_io = path == self.path || path.starts_with(&format!("{}/", self.path));
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        if !socket_io || origin.is_none() {
+            let future = self.inner.call(req);
+            return Box::pin(async move { Ok(future.await?.map(CorsBody::Left)) });
+        }
+        let origin = origin.unwrap_or_else(|| header::HeaderValue::from_static("null"));
+        if !self.clients.allows(origin.to_str().unwrap_or("")) {
+            let refused = text(
+                StatusCode::FORBIDDEN,
+                "this page's origin is not in clients.allowed_origins\n",
+            );
+            return Box::pin(async move { Ok(refused.map(CorsBody::Right)) });
+        }
+        if req.method() == Method::OPTIONS {
+            let mut answer = text(StatusCode::NO_CONTENT, "");
+            let headers = answer.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                header::HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+            }
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                header::HeaderValue::from_static("600"),
+            );
+            headers.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+            return Box::pin(async move { Ok(answer.map(CorsBody::Right)) });
+        }
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+            Ok(response.map(CorsBody::Left))
+        })
+    }
+}

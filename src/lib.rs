@@ -74,7 +74,7 @@ pub async fn run(
     )?;
 
     let addr = listener.local_addr()?;
-    let server = http::Server::start(listener, svc);
+    let server = http::Server::start(listener, http::Cors::new(svc, config.clients.clone()));
     state.ready.store(true, Ordering::Relaxed);
     info!(%addr, webhook = %config.webhook.path, "relay listening");
     systemd::ready(&systemd::status_line(&hub, &metrics));

@@ -8,13 +8,19 @@ use directus_relay::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-async fn start() -> (
+type Running = (
     std::net::SocketAddr,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+);
+
+async fn start() -> Running {
+    start_with("").await
+}
+
+async fn start_with(extra: &str) -> Running {
     let config = Config::from_toml(&format!(
-        "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048"
+        "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048\n{extra}"
     ))
     .expect("valid config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -141,4 +147,93 @@ async fn webhook_refusals_say_why_and_the_relay_keeps_serving() {
     );
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
+}
+
+/// A client that sends a large body in one go (as a Directus Flow does) still reads the 413:
+/// the relay drains what it refuses instead of resetting the connection.
+#[tokio::test]
+async fn an_oversized_body_sent_at_once_gets_its_413() {
+    let (addr, shutdown, task) = start().await;
+    let body = format!(
+        r#"{{"event":"screens.items.create","key":1,"payload":{{"x":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    for _ in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "POST /hooks/directus HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-Relay-Secret: {SECRET}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // Like a Flow's HTTP client, give up when the relay stops reading mid-body.
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("the relay reads the whole body before answering");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+#[tokio::test]
+async fn kiosk_pages_from_other_origins_may_connect() {
+    let (addr, shutdown, task) = start().await;
+    let head =
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: https://signage.example";
+    let answer = raw_full(addr, head).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://signage.example"),
+        "{answer}"
+    );
+    let preflight = "OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: https://signage.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type";
+    let answer = raw_full(addr, preflight).await.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    assert!(
+        answer.contains("access-control-allow-headers: content-type"),
+        "{answer}"
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+#[tokio::test]
+async fn pages_from_origins_not_allowed_are_refused() {
+    let (addr, shutdown, task) =
+        start_with("[clients]\nallowed_origins = [\"https://signage.example\"]").await;
+    let head = "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: https://evil.example";
+    assert!(raw_full(addr, head).await.starts_with("HTTP/1.1 403"));
+    let upgrade = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13";
+    assert!(raw_full(addr, upgrade).await.starts_with("HTTP/1.1 403"));
+    let allowed =
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: https://signage.example";
+    assert!(raw_full(addr, allowed).await.starts_with("HTTP/1.1 200"));
+    // Without an Origin (not a browser), the origin rule does not apply.
+    let (status, _) = get(addr, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+/// The whole answer, headers included.
+async fn raw_full(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("in time")
+    .ok();
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -558,3 +558,50 @@ async fn shutdown_closes_kiosk_transports_so_kiosks_reconnect() {
     relay.stop().await;
     kiosk.assert_quiet(Duration::from_millis(500)).await;
 }
+
+/// A kiosk that says in its handshake which collections it will subscribe to gets nothing
+/// before its subscribe is answered, so a resume never repeats what it already received.
+#[tokio::test]
+async fn a_kiosk_announcing_its_subscription_gets_nothing_before_the_ack() {
+    let relay = Relay::start(&config("")).await;
+    let mut first = Kiosk::connect(&relay).await;
+    let epoch = first.expect("relay.status").await["epoch"].clone();
+    relay
+        .change(&hook("screens", "create", json!(1), json!({"n": 1})))
+        .await;
+    first.expect("data.create").await;
+
+    let mut kiosk = Kiosk::connect_with_auth(&relay, json!({"collections": ["screens"]})).await;
+    relay
+        .change(&hook("screens", "create", json!(2), json!({"n": 2})))
+        .await;
+    relay
+        .change(&hook("announcements", "create", json!("a"), json!({})))
+        .await;
+    // The first kiosk has both, so the relay has emitted them.
+    first.expect("data.create").await;
+    first.expect("data.create").await;
+    let ack = kiosk
+        .subscribe(json!({"collections": ["screens"], "since": {"epoch": epoch, "seq": 1}}))
+        .await;
+    assert_eq!(
+        ack["collections"]["screens"],
+        json!({"mode": "replay", "events": 1})
+    );
+    let before: Vec<String> = kiosk
+        .before_ack
+        .iter()
+        .map(|r| match r {
+            kiosk_tests::Received::Event(name, _) => name.clone(),
+            kiosk_tests::Received::Ack(_) => "ack".into(),
+        })
+        .collect();
+    assert_eq!(
+        before,
+        vec!["relay.status"],
+        "nothing but the status before the ack"
+    );
+    assert_eq!(seq(&kiosk.expect("data.create").await), 2);
+    kiosk.assert_quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}

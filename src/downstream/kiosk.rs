@@ -33,11 +33,12 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
 /// tells it the relay's status.
 pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>) {
     let setup_hub = hub.clone();
-    let setup = move |socket: SocketRef| {
+    let setup = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let hub = setup_hub.clone();
         let metrics = metrics.clone();
         async move {
-            set_up(&socket, hub, metrics);
+            let will_subscribe = auth.is_ok_and(|a| a.get("collections").is_some());
+            set_up(&socket, hub, metrics, will_subscribe);
             Ok::<(), Infallible>(())
         }
     };
@@ -47,10 +48,15 @@ pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>) {
     io.ns("/", announce.with(setup));
 }
 
-fn set_up(socket: &SocketRef, hub: HubHandle, metrics: Arc<Metrics>) {
+/// A kiosk that announces in its handshake that it will subscribe
+/// (`auth: {collections: [...]}`) receives nothing until its subscribe is answered; any other
+/// kiosk receives every collection from the moment it connects.
+fn set_up(socket: &SocketRef, hub: HubHandle, metrics: Arc<Metrics>, will_subscribe: bool) {
     metrics.kiosks_connected.inc();
-    info!(sid = %socket.id, transport = ?socket.transport_type(), "kiosk connected");
-    socket.join(hub::ALL_ROOM);
+    info!(sid = %socket.id, transport = ?socket.transport_type(), will_subscribe, "kiosk connected");
+    if !will_subscribe {
+        socket.join(hub::ALL_ROOM);
+    }
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         metrics.kiosks_connected.dec();
         info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");

@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
@@ -54,7 +54,7 @@ pub async fn receive<B>(
     metrics: &Metrics,
 ) -> Result<Change, Reject>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let result = receive_inner(headers, body, config, hub).await;
@@ -85,7 +85,7 @@ async fn receive_inner<B>(
     hub: &HubHandle,
 ) -> Result<Change, Reject>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     check_secret(headers, config)?;
@@ -100,19 +100,33 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(Reject::bad(
-                "unreadable",
-                format!("body could not be read: {e}"),
-            ));
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let bytes = loop {
+        match body.frame().await {
+            None => break Bytes::from(bytes),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > limit {
+                        drain(body).await;
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Reject::bad(
+                    "unreadable",
+                    format!("body could not be read: {e}"),
+                ));
+            }
         }
     };
     let change = parse(&bytes)?;
+
     if config.collection(&change.collection).is_none() {
         let known: Vec<&str> = config.collections.iter().map(|c| c.name.as_str()).collect();
         return Err(Reject::bad(
@@ -140,6 +154,30 @@ where
             message: "the relay is shutting down".into(),
         }),
     }
+}
+
+/// Bytes of an oversized body read and thrown away, so the client, still sending, receives
+/// the 413 instead of a reset connection (a Directus Flow sends the whole body at once).
+pub const DRAIN_LIMIT: usize = 16 << 20;
+/// How long draining may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain<B>(mut body: B)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let drained = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+            }
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN_TIME, drained).await.ok();
 }
 
 fn check_secret(headers: &HeaderMap, config: &Config) -> Result<(), Reject> {
