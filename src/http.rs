@@ -36,8 +36,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the relay is serving.
     pub ready: Arc<AtomicBool>,
-    /// Tells the upstream to run the activity cursor after a webhook.
-    pub kick: Arc<tokio::sync::Notify>,
+    /// Where accepted webhook changes go.
+    pub sink: webhook::Sink,
 }
 
 type Body = Full<Bytes>;
@@ -74,23 +74,20 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
             &parts.headers,
             body,
             &state.config,
-            &state.hub,
+            &state.sink,
             &state.metrics,
         )
         .await
         {
-            Ok(change) => {
-                state.kick.notify_one();
-                json_response(
-                    StatusCode::ACCEPTED,
-                    &json!({
-                        "ok": true,
-                        "collection": change.collection,
-                        "action": change.action.as_str(),
-                        "keys": change.keys.len(),
-                    }),
-                )
-            }
+            Ok(change) => json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "ok": true,
+                    "collection": change.collection,
+                    "action": change.action.as_str(),
+                    "keys": change.keys.len(),
+                }),
+            ),
             Err(reject) => json_response(
                 reject.status,
                 &json!({ "ok": false, "error": reject.message }),

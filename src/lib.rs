@@ -45,12 +45,13 @@ pub async fn run(
     let stop_tasks = CancellationToken::new();
 
     let (hub, inbox) = hub::channel(&config);
+    let (sink, webhooks) = upstream::webhook_sink(&config, &hub);
     let state = http::AppState {
         config: config.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
-        kick: Arc::new(tokio::sync::Notify::new()),
+        sink,
     };
     let (svc, io) = downstream::kiosk::builder(&config.limits)
         .build_with_inner_svc(http::service(state.clone()));
@@ -68,7 +69,7 @@ pub async fn run(
     upstream::spawn(
         config.clone(),
         hub.clone(),
-        state.kick.clone(),
+        webhooks,
         stop_tasks.clone(),
         &tracker,
     )?;

@@ -170,8 +170,8 @@ async fn poll_mode_relays_each_change_once() {
     check_live_changes("poll").await;
 }
 
-/// A Flow call that never arrives is repaired by the cursor; a webhook's partial record is
-/// completed by re-reading the item.
+/// A Flow call that never arrives is repaired by the cursor; a webhook's item is re-read for
+/// its full record; with Directus away, webhooks still get through as sent.
 #[tokio::test]
 async fn webhook_mode_repairs_lost_calls_and_completes_records() {
     let s = setup("webhook", "", |_| {}).await;
@@ -185,7 +185,8 @@ async fn webhook_mode_repairs_lost_calls_and_completes_records() {
     let body = kiosk.expect("data.create").await;
     assert_eq!(body["record"]["name"], "Lost");
 
-    // Delivered: the webhook carries only the submitted fields; the re-read adds the rest.
+    // Delivered: the webhook carries only the submitted fields; the relay re-reads the item
+    // and kiosks get its full record at once, with the submitted change as payload.
     s.fake.create(
         "screens",
         json!({"id": 6, "name": "Hooked", "status": "draft"}),
@@ -198,15 +199,30 @@ async fn webhook_mode_repairs_lost_calls_and_completes_records() {
             json!({"name": "Hooked"}),
         ))
         .await;
-    let first = kiosk.expect("data.create").await;
-    assert_eq!(first["record"], json!({"id": 6, "name": "Hooked"}));
-    assert_eq!(first["payload"], json!({"name": "Hooked"}));
-    let completed = kiosk.expect("data.update").await;
+    let body = kiosk.expect("data.create").await;
     assert_eq!(
-        completed["records"][0],
+        body["record"],
         json!({"id": 6, "name": "Hooked", "status": "draft"})
     );
+    assert_eq!(body["payload"], json!({"name": "Hooked"}));
     kiosk.assert_quiet(Duration::from_millis(1200)).await;
+
+    // Directus unreachable: the webhook's change still reaches kiosks, merged as sent.
+    s.fake.down();
+    wait_status(&mut kiosk, "offline").await;
+    s.relay
+        .change(&hook(
+            "screens",
+            "update",
+            json!(["6"]),
+            json!({"name": "While down"}),
+        ))
+        .await;
+    let body = kiosk.expect("data.update").await;
+    assert_eq!(
+        body["records"],
+        json!([{"id": 6, "name": "While down", "status": "draft"}])
+    );
     s.relay.stop().await;
     s.fake.stop();
 }

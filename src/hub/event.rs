@@ -69,6 +69,8 @@ pub struct Sync {
     pub hint: Action,
     /// The items are the whole collection: mirrored items not among them were deleted.
     pub complete: bool,
+    /// The submitted change, when a webhook told it.
+    pub payload: Option<Value>,
 }
 
 /// The Socket.IO event names kiosks know from the Directus hook-extension pattern.

@@ -522,13 +522,14 @@ impl Hub {
             self.duplicate(collection);
             return;
         }
+        let payload = sync.payload.as_ref();
         for (key, record) in &created {
             self.emit(
                 EventName::Create,
                 EventBody {
                     collection,
                     keys: vec![key],
-                    payload: None,
+                    payload,
                     record: Some(record),
                     records: None,
                 },
@@ -540,7 +541,7 @@ impl Hub {
                 EventBody {
                     collection,
                     keys: updated.iter().map(|(k, _)| *k).collect(),
-                    payload: None,
+                    payload,
                     record: None,
                     records: Some(updated.iter().map(|(_, r)| *r).collect()),
                 },

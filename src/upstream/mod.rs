@@ -15,30 +15,41 @@ pub mod webhook;
 pub mod websocket;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
+use crate::hub::event::Change;
 use crate::hub::{Command, HubHandle, Upstream};
 use backoff::Backoff;
 use directus::Directus;
 use sync::{SyncError, Syncer};
 use websocket::SessionError;
 
-/// After a webhook, how long the relay waits for more before it runs the cursor: a batch
-/// write sends one webhook per item.
-pub const KICK_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Webhook changes waiting for the upstream to re-read their items.
+type Webhooks = Option<mpsc::Receiver<Change>>;
 
-/// Starts following Directus in the configured mode, if `[directus]` is configured. `kick`
-/// is notified by the webhook receiver after each accepted change.
+/// Where the webhook receiver sends changes: with a Directus in webhook mode, to the upstream
+/// (which re-reads each item for its full record), bounded by `limits.hub_inbox`; else to the
+/// hub.
+pub fn webhook_sink(config: &Config, hub: &HubHandle) -> (webhook::Sink, Webhooks) {
+    match &config.directus {
+        Some(d) if d.mode == Mode::Webhook => {
+            let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
+            (webhook::Sink::Upstream(tx), Some(rx))
+        }
+        _ => (webhook::Sink::Hub(hub.clone()), None),
+    }
+}
+
+/// Starts following Directus in the configured mode, if `[directus]` is configured.
 pub fn spawn(
     config: Arc<Config>,
     hub: HubHandle,
-    kick: Arc<Notify>,
+    webhooks: Webhooks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -48,14 +59,14 @@ pub fn spawn(
     let client = Directus::new(directus).map_err(|e| anyhow::anyhow!("directus: {e}"))?;
     info!(url = %directus.url, mode = ?directus.mode, "following Directus");
     let syncer = Syncer::new(client, &config, hub);
-    tracker.spawn(supervise(syncer, config, kick, shutdown));
+    tracker.spawn(supervise(syncer, config, webhooks, shutdown));
     Ok(())
 }
 
 async fn supervise(
     mut syncer: Syncer,
     config: Arc<Config>,
-    kick: Arc<Notify>,
+    mut webhooks: Webhooks,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new();
@@ -63,7 +74,7 @@ async fn supervise(
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = run_once(&mut syncer, &config, &kick, &shutdown, &mut started, &mut backoff) => result,
+            result = run_once(&mut syncer, &config, webhooks.as_mut(), &shutdown, &mut started, &mut backoff) => result,
         };
         if shutdown.is_cancelled() {
             return;
@@ -83,17 +94,34 @@ async fn supervise(
         {
             return;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        // While Directus is away, webhooks still reach kiosks as sent.
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut sleep => break,
+                Some(change) = next_webhook(webhooks.as_mut()) => {
+                    if syncer.hub().apply(change).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
+    }
+}
+
+async fn next_webhook(webhooks: Option<&mut mpsc::Receiver<Change>>) -> Option<Change> {
+    match webhooks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
 async fn run_once(
     syncer: &mut Syncer,
     config: &Config,
-    kick: &Notify,
+    mut webhooks: Option<&mut mpsc::Receiver<Change>>,
     shutdown: &CancellationToken,
     started: &mut bool,
     backoff: &mut Backoff,
@@ -133,8 +161,12 @@ async fn run_once(
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = kick.notified() => {
-                        tokio::time::sleep(KICK_DEBOUNCE).await;
+                    Some(change) = next_webhook(webhooks.as_deref_mut()) => {
+                        syncer.reread(change).await?;
+                        // Take whatever else arrived meanwhile, then run the cursor.
+                        while let Some(more) = webhooks.as_deref_mut().and_then(|rx| rx.try_recv().ok()) {
+                            syncer.reread(more).await?;
+                        }
                         syncer.catch_up().await?;
                     }
                     _ = reconcile.tick() => {

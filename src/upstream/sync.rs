@@ -13,7 +13,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::config::{CollectionConfig, Config};
-use crate::hub::event::{Action, Key, Sync};
+use crate::hub::event::{Action, Change, Key, Sync};
 use crate::hub::{Command, HubHandle};
 use crate::upstream::directus::{Accountability, Directus, DirectusError, PAGE};
 
@@ -171,6 +171,7 @@ impl Syncer {
             items,
             hint: Action::Create,
             complete,
+            payload: None,
         })
         .await
     }
@@ -299,11 +300,62 @@ impl Syncer {
                     items,
                     hint,
                     complete: false,
+                    payload: None,
                 })
                 .await?;
             }
         }
         Ok(())
+    }
+
+    /// A change a webhook announced: re-reads its items for their full records (deletes need
+    /// no read) and hands them to the hub with the submitted payload. If Directus cannot be
+    /// read, the change goes to the hub as sent, so kiosks still get it.
+    pub async fn reread(&mut self, change: Change) -> Result<(), SyncError> {
+        let Some(config) = self
+            .collections
+            .iter()
+            .find(|c| c.name == change.collection)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let records = if change.action == Action::Delete {
+            Vec::new()
+        } else {
+            let wanted: Vec<String> = change.keys.iter().map(|k| k.text.clone()).collect();
+            match self
+                .directus
+                .items_by_keys(&config.name, &config.key_field, &wanted, &config.fields)
+                .await
+            {
+                Ok(records) => records,
+                Err(e) => {
+                    self.hub
+                        .apply(change)
+                        .await
+                        .map_err(|_| SyncError::Stopped)?;
+                    return Err(e.into());
+                }
+            }
+        };
+        let mut by_key: HashMap<String, Value> = records
+            .into_iter()
+            .filter_map(|r| Some((r.get(&config.key_field).and_then(Key::from_json)?.text, r)))
+            .collect();
+        let items = change
+            .keys
+            .iter()
+            .map(|k| (k.clone(), by_key.remove(&k.text)))
+            .collect();
+        self.send(Sync {
+            collection: change.collection,
+            items,
+            hint: change.action,
+            complete: false,
+            payload: change.payload,
+        })
+        .await
     }
 
     async fn send(&self, sync: Sync) -> Result<(), SyncError> {

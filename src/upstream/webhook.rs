@@ -44,20 +44,40 @@ impl Reject {
     }
 }
 
+/// Where an accepted change goes: straight to the hub, or (with a Directus to read from) to the
+/// upstream, which re-reads the items for their full records first.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Hub(HubHandle),
+    Upstream(tokio::sync::mpsc::Sender<Change>),
+}
+
+impl Sink {
+    fn try_send(&self, change: Change) -> Result<(), Busy> {
+        match self {
+            Sink::Hub(hub) => hub.try_apply(change),
+            Sink::Upstream(tx) => tx.try_send(change).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => Busy::Full,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => Busy::Stopped,
+            }),
+        }
+    }
+}
+
 /// Checks the secret, reads the body within `limits.webhook_body_bytes`, parses it and hands
-/// the change to the hub. Answers at once; the hub does the rest.
+/// the change on. Answers at once; the hub (or the upstream) does the rest.
 pub async fn receive<B>(
     headers: &HeaderMap,
     body: B,
     config: &Config,
-    hub: &HubHandle,
+    sink: &Sink,
     metrics: &Metrics,
 ) -> Result<Change, Reject>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let result = receive_inner(headers, body, config, hub).await;
+    let result = receive_inner(headers, body, config, sink).await;
     match &result {
         Ok(change) => debug!(
             collection = change.collection,
@@ -82,7 +102,7 @@ async fn receive_inner<B>(
     headers: &HeaderMap,
     body: B,
     config: &Config,
-    hub: &HubHandle,
+    sink: &Sink,
 ) -> Result<Change, Reject>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -138,7 +158,7 @@ where
             ),
         ));
     }
-    match hub.try_apply(change.clone()) {
+    match sink.try_send(change.clone()) {
         Ok(()) => Ok(change),
         Err(Busy::Full) => Err(Reject {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -472,12 +492,13 @@ mod tests {
                 br#"{"event":"screens.items.create","key":1,"collection":"screens"}"#,
             ))
         };
+        let sink = Sink::Hub(hub);
         assert!(
-            receive(&headers, body(), &config, &hub, &metrics)
+            receive(&headers, body(), &config, &sink, &metrics)
                 .await
                 .is_ok()
         );
-        let reject = receive(&headers, body(), &config, &hub, &metrics)
+        let reject = receive(&headers, body(), &config, &sink, &metrics)
             .await
             .expect_err("inbox is full");
         assert_eq!(reject.status, StatusCode::SERVICE_UNAVAILABLE);

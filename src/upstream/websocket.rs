@@ -271,6 +271,7 @@ pub fn to_sync(message: &Value, collections: &HashMap<&str, &CollectionConfig>) 
         items,
         hint,
         complete: false,
+        payload: None,
     })
 }
 
