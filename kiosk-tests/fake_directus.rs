@@ -343,6 +343,12 @@ impl FakeDirectus {
         if path == "/websocket" {
             return self.websocket(req);
         }
+        if path == "/server/ping" {
+            return Response::builder()
+                .header("content-type", "text/html; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"pong")))
+                .expect("response");
+        }
         if path == "/auth/login" {
             return json_response(
                 StatusCode::OK,

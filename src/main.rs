@@ -21,6 +21,10 @@ Usage: directus-relay [COMMAND] [--config PATH]
 Commands:
   run            serve kiosks (the default)
   check-config   validate the configuration and print it, secrets masked
+  check          connect to Directus and check token, permissions, activity and WebSockets
+  setup-flow     create or update the Directus Flow that POSTs changes to this relay:
+                   --relay-url URL   the webhook URL as Directus reaches it
+                   admin token from $DIRECTUS_ADMIN_TOKEN or --admin-token-file PATH
 
 Options:
   -c, --config PATH   config file (default: /etc/directus-relay/relay.toml if it exists)
@@ -34,31 +38,58 @@ RUST_LOG sets the log level (default: info).";
 enum Command {
     Run,
     CheckConfig,
+    Check,
+    SetupFlow {
+        relay_url: String,
+        admin_token_file: Option<PathBuf>,
+    },
     Help,
     Version,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<(Command, Option<PathBuf>), String> {
-    let mut command = None;
+    let mut command: Option<String> = None;
     let mut config = None;
+    let mut relay_url = None;
+    let mut admin_token_file = None;
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
-        match arg.as_str() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
             "-h" | "--help" => return Ok((Command::Help, None)),
             "-V" | "--version" => return Ok((Command::Version, None)),
-            "-c" | "--config" => {
-                let path = args.next().ok_or("--config needs a path")?;
-                config = Some(PathBuf::from(path));
+            "-c" | "--config" => config = Some(PathBuf::from(value("--config")?)),
+            "--relay-url" => relay_url = Some(value("--relay-url")?),
+            "--admin-token-file" => {
+                admin_token_file = Some(PathBuf::from(value("--admin-token-file")?))
             }
-            a if a.starts_with("--config=") => {
-                config = Some(PathBuf::from(&a["--config=".len()..]))
+            "run" | "check-config" | "check" | "setup-flow" if command.is_none() => {
+                command = Some(flag.clone())
             }
-            "run" if command.is_none() => command = Some(Command::Run),
-            "check-config" if command.is_none() => command = Some(Command::CheckConfig),
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok((command.unwrap_or(Command::Run), config))
+    let command = match command.as_deref().unwrap_or("run") {
+        "check-config" => Command::CheckConfig,
+        "check" => Command::Check,
+        "setup-flow" => Command::SetupFlow {
+            relay_url: relay_url.ok_or(
+                "setup-flow needs --relay-url URL (the webhook URL as Directus reaches it)",
+            )?,
+            admin_token_file,
+        },
+        _ => Command::Run,
+    };
+    Ok((command, config))
 }
 
 fn main() -> ExitCode {
@@ -78,7 +109,7 @@ fn main() -> ExitCode {
             println!("directus-relay {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Run | Command::CheckConfig => {}
+        _ => {}
     }
     let (config, source) = match Config::load(config_path.as_deref()) {
         Ok(loaded) => loaded,
@@ -106,10 +137,83 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match command {
+        Command::Check => return runtime.block_on(check(&config)),
+        Command::SetupFlow {
+            relay_url,
+            admin_token_file,
+        } => return runtime.block_on(setup_flow(&config, &relay_url, admin_token_file)),
+        _ => {}
+    }
     match runtime.block_on(serve(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(config: &Config) -> ExitCode {
+    let lines = directus_relay::upstream::check::run(config).await;
+    let url = config.directus.as_ref().map(|d| &d.url);
+    print!("{}", directus_relay::upstream::check::render(url, &lines));
+    if lines.iter().all(|l| l.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn setup_flow(
+    config: &Config,
+    relay_url: &str,
+    admin_token_file: Option<PathBuf>,
+) -> ExitCode {
+    use directus_relay::upstream::flow;
+    let relay_url = match url::Url::parse(relay_url) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("directus-relay: --relay-url {relay_url:?} is not a URL: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match admin_token_file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                eprintln!("directus-relay: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => std::env::var("DIRECTUS_ADMIN_TOKEN").unwrap_or_default(),
+    };
+    if token.is_empty() {
+        eprintln!(
+            "directus-relay: setup-flow needs an admin token: set DIRECTUS_ADMIN_TOKEN or --admin-token-file"
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(warning) = flow::deny_list_warning(&relay_url) {
+        eprintln!("warning: {warning}");
+    }
+    match flow::setup(config, Secret::new(token), &relay_url).await {
+        Ok(flow::Outcome::Created(id)) => {
+            println!(
+                "created the Flow {:?} ({id}) posting to {relay_url}",
+                flow::FLOW_NAME
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(flow::Outcome::Updated(id)) => {
+            println!(
+                "updated the Flow {:?} ({id}) posting to {relay_url}",
+                flow::FLOW_NAME
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("directus-relay: setup-flow failed: {e}");
             ExitCode::FAILURE
         }
     }
@@ -200,5 +304,21 @@ mod tests {
         assert!(parse(&["--config"]).is_err());
         assert!(parse(&["serve"]).is_err());
         assert!(parse(&["run", "run"]).is_err());
+        assert_eq!(parse(&["check"]), Ok((Command::Check, None)));
+        assert_eq!(
+            parse(&[
+                "setup-flow",
+                "--relay-url",
+                "http://relay:8080/hooks/directus"
+            ]),
+            Ok((
+                Command::SetupFlow {
+                    relay_url: "http://relay:8080/hooks/directus".into(),
+                    admin_token_file: None
+                },
+                None
+            ))
+        );
+        assert!(parse(&["setup-flow"]).is_err(), "--relay-url is required");
     }
 }

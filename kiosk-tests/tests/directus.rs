@@ -392,3 +392,58 @@ async fn an_expired_socket_token_is_renewed() {
     s.relay.stop().await;
     s.fake.stop();
 }
+
+/// `directus-relay check` against a healthy Directus, then against the same one with a wrong
+/// token and with activity off for a collection.
+#[tokio::test]
+async fn check_reports_each_problem_with_its_fix() {
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id"), ("channels", "slug")]).await;
+    fake.activity_off("channels");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write_ca(dir.path());
+    let config = |token: &str| {
+        directus_relay::Config::from_toml(&format!(
+            "[directus]\nurl = \"{}\"\ntoken = \"{token}\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"",
+            fake.url(),
+            ca_file.display()
+        ))
+        .expect("valid")
+    };
+    let lines = directus_relay::upstream::check::run(&config(TOKEN)).await;
+    let report = directus_relay::upstream::check::render(None, &lines);
+    let failed: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.ok)
+        .map(|l| l.what.as_str())
+        .collect();
+    assert_eq!(failed, vec!["activity of channels"], "{report}");
+    assert!(report.contains("Activity Tracking"), "{report}");
+    for what in [
+        "reachable",
+        "TLS",
+        "token",
+        "read screens",
+        "read channels",
+        "activity",
+        "websocket",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.what == what && l.ok),
+            "{what}: {report}"
+        );
+    }
+
+    let lines = directus_relay::upstream::check::run(&config("wrong")).await;
+    let report = directus_relay::upstream::check::render(None, &lines);
+    let token = lines
+        .iter()
+        .find(|l| l.what == "token")
+        .expect("token line");
+    assert!(!token.ok, "{report}");
+    assert!(
+        token.detail.contains("401") && token.detail.contains("directus.token"),
+        "{report}"
+    );
+    fake.stop();
+}

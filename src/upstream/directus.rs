@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
@@ -149,8 +150,46 @@ impl Directus {
         })
     }
 
+    /// The same server with other credentials (an admin token for `setup-flow`).
+    pub fn with_auth(&self, auth: Auth) -> Directus {
+        Directus {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            auth,
+            session: None,
+            timeout: self.timeout,
+        }
+    }
+
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// `GET /server/ping` without a token: whether Directus answers at all.
+    pub async fn ping(&self) -> Result<(), DirectusError> {
+        let url = self.url("/server/ping");
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(&url, status, b"", ""))
+        }
+    }
+
+    /// Sends `body` with `method` to `path` and returns the JSON answer (`null` for 204).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, DirectusError> {
+        self.request(method, path, Some(body), "").await
     }
 
     /// The token to present now, logging in or refreshing first when needed.
@@ -290,6 +329,9 @@ impl Directus {
         }
         if !status.is_success() {
             return Err(status_error(url, status, &body, hint));
+        }
+        if body.is_empty() {
+            return Ok(Value::Null);
         }
         serde_json::from_slice(&body).map_err(|e| DirectusError::Protocol {
             url: url.to_string(),

@@ -6,9 +6,12 @@
 //! * [`sync`]: start-up load and the activity cursor.
 //! * [`websocket`]: Directus's realtime subscriptions.
 //! * [`backoff`]: reconnect pacing.
+//! * [`check`], [`flow`]: the `check` and `setup-flow` commands.
 
 pub mod backoff;
+pub mod check;
 pub mod directus;
+pub mod flow;
 pub mod sync;
 pub mod tls;
 pub mod webhook;
