@@ -108,7 +108,9 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
             } else if !state.hub.liveness().is_alive() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
             } else {
-                text(StatusCode::OK, "ready\n")
+                // Kiosks get the last known content whatever Directus does: ready either way.
+                let upstream = state.hub.status().upstream.as_str();
+                text(StatusCode::OK, format!("ready (upstream {upstream})\n"))
             }
         }
         (&Method::GET, "/metrics") => {

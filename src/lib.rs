@@ -69,6 +69,7 @@ pub async fn run(
     upstream::spawn(
         config.clone(),
         hub.clone(),
+        metrics.clone(),
         webhooks,
         stop_tasks.clone(),
         &tracker,

@@ -54,6 +54,21 @@ pub struct Metrics {
     pub mirror_bytes: Gauge,
     /// Subscribe requests answered with a replay, a snapshot, or refused.
     pub subscribes: Family<ReasonLabels, Counter>,
+    /// 1 for the upstream's current state (`live`, `catching-up`, `offline`), 0 for the others.
+    pub upstream: Family<StateLabels, Gauge>,
+    /// Times the upstream went offline.
+    pub upstream_outages: Counter,
+    /// The activity id the relay has caught up to.
+    pub activity_cursor: Gauge,
+    /// Unix time of the last catch-up that reached the end of the activity log.
+    pub last_caught_up: Gauge,
+    /// Unix time of the last event emitted to kiosks.
+    pub last_change: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
 }
 
 impl Metrics {
@@ -74,6 +89,11 @@ impl Metrics {
             mirror_items: Family::default(),
             mirror_bytes: Gauge::default(),
             subscribes: Family::default(),
+            upstream: Family::default(),
+            upstream_outages: Counter::default(),
+            activity_cursor: Gauge::default(),
+            last_caught_up: Gauge::default(),
+            last_change: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +162,31 @@ impl Metrics {
             "Kiosk subscribe requests by outcome",
             m.subscribes.clone(),
         );
+        registry.register(
+            "upstream",
+            "1 for the upstream's current state",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "upstream_outages",
+            "Times the upstream went offline",
+            m.upstream_outages.clone(),
+        );
+        registry.register(
+            "activity_cursor",
+            "Activity id the relay has caught up to",
+            m.activity_cursor.clone(),
+        );
+        registry.register(
+            "last_caught_up_timestamp_seconds",
+            "Unix time of the last complete catch-up from the activity log",
+            m.last_caught_up.clone(),
+        );
+        registry.register(
+            "last_change_timestamp_seconds",
+            "Unix time of the last event emitted to kiosks",
+            m.last_change.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -186,4 +231,11 @@ pub fn reason_labels(reason: &str) -> ReasonLabels {
     ReasonLabels {
         reason: reason.to_owned(),
     }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -34,7 +34,10 @@ async fn start_with(extra: &str) -> Running {
 async fn health_readiness_metrics_and_unknown_paths() {
     let (addr, shutdown, task) = start().await;
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
-    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+    assert_eq!(
+        get(addr, "/readyz").await,
+        (200, "ready (upstream live)\n".into())
+    );
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     for name in [

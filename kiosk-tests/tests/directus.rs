@@ -266,6 +266,19 @@ async fn an_outage_is_caught_up_exactly_once() {
         }
         // Everything is in before the relay says live again.
         kiosk.assert_quiet(Duration::from_millis(800)).await;
+        let (_, metrics) = s.relay.get("/metrics").await;
+        assert!(
+            metrics.contains("relay_upstream_outages_total 1"),
+            "{mode}: {metrics}"
+        );
+        assert!(
+            metrics.contains(r#"relay_upstream{state="live"} 1"#),
+            "{mode}: {metrics}"
+        );
+        assert!(
+            !metrics.contains("relay_activity_cursor 0\n"),
+            "{mode}: {metrics}"
+        );
         let expected: BTreeMap<String, Value> = s.fake.items("screens");
         assert_eq!(view, expected, "{mode}: the kiosk's view is Directus's");
         let updates_of_1 = events

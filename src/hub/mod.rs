@@ -221,6 +221,7 @@ pub fn start(
     let hub = Hub::new(config.clone(), io, metrics, handle.status_tx.clone());
     info!(epoch = %hub.epoch, "hub started");
     hub.publish_status();
+    hub.note_upstream();
     tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
 }
 
@@ -571,12 +572,26 @@ impl Hub {
         }
         info!(upstream = state.as_str(), "upstream state changed");
         self.upstream = (state, now_rfc3339());
+        self.note_upstream();
+        if state == Upstream::Offline {
+            self.metrics.upstream_outages.inc();
+        }
         self.publish_status();
         let status = self.status();
         for socket in self.io.sockets() {
             if let Err(e) = socket.emit("relay.status", &status) {
                 self.send_failed(&socket, e);
             }
+        }
+    }
+
+    fn note_upstream(&self) {
+        for s in [Upstream::Live, Upstream::CatchingUp, Upstream::Offline] {
+            let labels = metrics::StateLabels {
+                state: s.as_str().into(),
+            };
+            let value = i64::from(s == self.upstream.0);
+            self.metrics.upstream.get_or_create(&labels).set(value);
         }
     }
 
@@ -639,6 +654,7 @@ impl Hub {
         });
         self.ring.push(event.clone());
         self.metrics.seq.set(self.seq as i64);
+        self.metrics.last_change.set(metrics::unix_now());
         self.metrics.replay_events.set(self.ring.len() as i64);
         self.metrics.replay_bytes.set(self.ring.bytes() as i64);
         self.metrics

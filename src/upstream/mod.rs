@@ -52,6 +52,7 @@ pub fn webhook_sink(config: &Config, hub: &HubHandle) -> (webhook::Sink, Webhook
 pub fn spawn(
     config: Arc<Config>,
     hub: HubHandle,
+    metrics: Arc<crate::metrics::Metrics>,
     webhooks: Webhooks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -61,7 +62,7 @@ pub fn spawn(
     };
     let client = Directus::new(directus).map_err(|e| anyhow::anyhow!("directus: {e}"))?;
     info!(url = %directus.url, mode = ?directus.mode, "following Directus");
-    let syncer = Syncer::new(client, &config, hub);
+    let syncer = Syncer::new(client, &config, hub, metrics);
     tracker.spawn(supervise(syncer, config, webhooks, shutdown));
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! already have.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -15,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::config::{CollectionConfig, Config};
 use crate::hub::event::{Action, Change, Key, Sync};
 use crate::hub::{Command, HubHandle};
+use crate::metrics::Metrics;
 use crate::upstream::directus::{Accountability, Directus, DirectusError, PAGE};
 
 /// Activity ids re-read below the cursor on every catch-up. Ids are allocated before commit on
@@ -40,6 +42,7 @@ pub struct Syncer {
     collections: Vec<CollectionConfig>,
     max_items: usize,
     hub: HubHandle,
+    metrics: Arc<Metrics>,
     /// The newest activity id whose change is in the hub.
     cursor: u64,
     /// Ids above `cursor - OVERLAP_IDS` already handled.
@@ -51,12 +54,18 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(directus: Directus, config: &Config, hub: HubHandle) -> Syncer {
+    pub fn new(
+        directus: Directus,
+        config: &Config,
+        hub: HubHandle,
+        metrics: Arc<Metrics>,
+    ) -> Syncer {
         Syncer {
             directus,
             collections: config.collections.clone(),
             max_items: config.limits.mirror_items,
             hub,
+            metrics,
             cursor: 0,
             done: BTreeSet::new(),
             followed: Vec::new(),
@@ -217,6 +226,8 @@ impl Syncer {
                 break;
             }
         }
+        self.metrics.activity_cursor.set(self.cursor as i64);
+        self.metrics.last_caught_up.set(crate::metrics::unix_now());
         let floor = self.cursor.saturating_sub(OVERLAP_IDS);
         self.done = self.done.split_off(&floor);
         if handled > 0 {
