@@ -43,6 +43,8 @@ name = "announcements"
 #[derive(Debug)]
 pub struct Relay {
     pub addr: SocketAddr,
+    /// The relay's state directory (removed with the relay unless kept by [`Relay::restart`]).
+    pub state_dir: std::sync::Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     http: reqwest::Client,
@@ -51,13 +53,25 @@ pub struct Relay {
 impl Relay {
     /// Starts the relay with `toml` on an ephemeral port.
     pub async fn start(toml: &str) -> Relay {
-        let config = Config::from_toml(toml).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let state_dir = std::sync::Arc::new(tempfile::tempdir().expect("state dir"));
+        Self::start_in(toml, state_dir, "127.0.0.1:0").await
+    }
+
+    /// Starts the relay with `toml`, keeping its state in `state_dir`, listening on `listen`.
+    pub async fn start_in(
+        toml: &str,
+        state_dir: std::sync::Arc<tempfile::TempDir>,
+        listen: &str,
+    ) -> Relay {
+        let mut config = Config::from_toml(toml).expect("test config is valid");
+        config.state_dir = state_dir.path().to_owned();
+        let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(directus_relay::run(config, listener, shutdown.clone()));
         Relay {
             addr,
+            state_dir,
             shutdown,
             task,
             http: reqwest::Client::new(),

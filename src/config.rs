@@ -43,6 +43,9 @@ pub struct Config {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// The state file is written at most this often while something changes (and on shutdown).
+    #[serde(default = "defaults::persist_interval", with = "duration")]
+    pub persist_interval: Duration,
     #[serde(default)]
     pub webhook: WebhookConfig,
     /// The Directus server to read from. Absent: webhooks are the only source.
@@ -243,10 +246,16 @@ mod defaults {
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
+    /// systemd's `StateDirectory=` when it set one, else the usual place.
     pub fn state_dir() -> PathBuf {
-        PathBuf::from("/var/lib/directus-relay")
+        std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/directus-relay"))
     }
     pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn persist_interval() -> Duration {
         Duration::from_secs(5)
     }
     pub fn webhook_path() -> String {
@@ -478,6 +487,9 @@ impl Config {
                 ));
             }
         }
+        if self.persist_interval < Duration::from_millis(100) {
+            return Err(invalid("persist_interval", "must be at least 100ms"));
+        }
         for (i, origin) in self.clients.allowed_origins.iter().enumerate() {
             let valid = origin == "*"
                 || url::Url::parse(origin).is_ok_and(|u| {
@@ -549,6 +561,7 @@ impl Default for Config {
             listen: defaults::listen(),
             state_dir: defaults::state_dir(),
             shutdown_grace: defaults::shutdown_grace(),
+            persist_interval: defaults::persist_interval(),
             webhook: WebhookConfig::default(),
             directus: None,
             collections: Vec::new(),

@@ -56,12 +56,22 @@ pub async fn run(
     let (svc, io) = downstream::kiosk::builder(&config.limits)
         .build_with_inner_svc(http::service(state.clone()));
     downstream::kiosk::attach(&io, hub.clone(), metrics.clone());
+    let saved = hub::state::load(&config.state_dir);
+    let resume_cursor = saved.as_ref().and_then(resumable_cursor);
+    let persistence = hub::Persistence {
+        saved,
+        writer: Some(hub::state::Writer::spawn(
+            config.state_dir.clone(),
+            &tracker,
+        )),
+    };
     hub::start(
         &hub,
         inbox,
         &config,
         io.clone(),
         metrics.clone(),
+        persistence,
         stop_tasks.clone(),
         &tracker,
     );
@@ -70,6 +80,7 @@ pub async fn run(
         config.clone(),
         hub.clone(),
         metrics.clone(),
+        resume_cursor,
         webhooks,
         stop_tasks.clone(),
         &tracker,
@@ -91,6 +102,15 @@ pub async fn run(
     tracker.wait().await;
     info!("stopped");
     Ok(())
+}
+
+/// Directus shows activity of the last 30 days only (unlicensed); a saved cursor older than
+/// this is not resumed from: the relay reloads every collection instead.
+pub const RESUME_WINDOW_SECS: i64 = 25 * 24 * 3600;
+
+fn resumable_cursor(saved: &hub::state::Saved) -> Option<u64> {
+    let age = metrics::unix_now() - saved.saved_unix;
+    saved.cursor.filter(|_| age < RESUME_WINDOW_SECS)
 }
 
 /// `bytes` random bytes from the operating system, as lowercase hex.

@@ -25,6 +25,12 @@ fn relay() -> Command {
         }
     }
     command.env("RUST_LOG", "info");
+    // Never the machine's /var/lib/directus-relay.
+    let state = std::env::temp_dir().join(format!(
+        "relay-binary-test-{}",
+        directus_relay::random_hex(6)
+    ));
+    command.env("STATE_DIRECTORY", state);
     command
 }
 
@@ -135,6 +141,7 @@ fn check_config_layers_defaults_file_and_environment() {
         .env("RELAY_WEBHOOK__SECRET", "env-secret-0123456789")
         .env("RELAY_LIMITS__KIOSK_QUEUE", "64")
         .env("RELAY_STATE_DIR", "")
+        .env_remove("STATE_DIRECTORY")
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -19,10 +19,13 @@ async fn start() -> Running {
 }
 
 async fn start_with(extra: &str) -> Running {
-    let config = Config::from_toml(&format!(
+    let mut config = Config::from_toml(&format!(
         "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048\n{extra}"
     ))
     .expect("valid config");
+    // A state directory of this test's own, gone when the process ends.
+    config.state_dir =
+        std::env::temp_dir().join(format!("relay-http-test-{}", directus_relay::random_hex(6)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 struct Setup {
     fake: FakeDirectus,
     relay: Relay,
+    config: String,
     _dir: tempfile::TempDir,
 }
 
@@ -52,6 +53,7 @@ key_field = "slug"
     Setup {
         fake,
         relay,
+        config,
         _dir: dir,
     }
 }
@@ -459,4 +461,64 @@ async fn check_reports_each_problem_with_its_fix() {
         "{report}"
     );
     fake.stop();
+}
+
+/// The relay restarts while Directus is unreachable: kiosks get the last known content at
+/// once, marked offline with its time; when Directus is back the relay follows the activity
+/// log from its saved cursor (no reload) and kiosks get exactly what changed meanwhile.
+#[tokio::test]
+async fn a_restart_without_uplink_serves_the_saved_content_then_catches_up() {
+    let s = setup("poll", "", |_| {}).await;
+    let (mut kiosk, _) = live_kiosk(&s.relay).await;
+    s.fake.create("screens", json!({"id": 2, "name": "Hall"}));
+    kiosk.expect("data.create").await;
+    kiosk.disconnect().await;
+    let state_dir = s.relay.state_dir.clone();
+    s.relay.stop().await;
+
+    // While the relay is down: changes, then Directus goes away too.
+    s.fake.create("screens", json!({"id": 3, "name": "New"}));
+    s.fake
+        .update("screens", "1", json!({"name": "Lobby (renamed)"}));
+    s.fake.down();
+    let relay = Relay::start_in(&s.config, state_dir, "127.0.0.1:0").await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    let status = kiosk.expect("relay.status").await;
+    assert_eq!(status["upstream"], "offline", "{status}");
+    let ack = kiosk
+        .subscribe(json!({"collections": ["screens", "channels"]}))
+        .await;
+    let mut view = snapshot(&ack, "screens", "id");
+    assert_eq!(
+        view.keys().cloned().collect::<Vec<_>>(),
+        vec!["1", "2"],
+        "the saved content, served without Directus: {ack}"
+    );
+    assert_eq!(view["1"]["name"], "Lobby");
+
+    let requests_before = s.fake.requests().len();
+    s.fake.up();
+    loop {
+        let (name, body) = kiosk.next().await;
+        if name == "relay.status" {
+            if body["upstream"] == "live" {
+                break;
+            }
+            continue;
+        }
+        apply(&mut view, &name, &body);
+    }
+    kiosk.assert_quiet(Duration::from_millis(600)).await;
+    assert_eq!(view, s.fake.items("screens"));
+    let reloads: Vec<String> = s.fake.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.starts_with("/items/screens") && r.contains("sort="))
+        .cloned()
+        .collect();
+    assert!(
+        reloads.is_empty(),
+        "resumed from the cursor, no reload: {reloads:?}"
+    );
+    relay.stop().await;
+    s.fake.stop();
 }

@@ -605,3 +605,57 @@ async fn a_kiosk_announcing_its_subscription_gets_nothing_before_the_ack() {
     kiosk.assert_quiet(Duration::from_millis(200)).await;
     relay.stop().await;
 }
+
+/// A restarted relay (same state directory) keeps its epoch, seq and content: a kiosk that
+/// was up to date resumes with nothing to replay, one that was behind gets the snapshot.
+#[tokio::test]
+async fn a_restarted_relay_keeps_its_epoch_seq_and_content() {
+    let relay = Relay::start(&config("")).await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    let epoch = kiosk.expect("relay.status").await["epoch"].clone();
+    relay
+        .change(&hook("screens", "create", json!(1), json!({"name": "A"})))
+        .await;
+    relay
+        .change(&hook("screens", "create", json!(2), json!({"name": "B"})))
+        .await;
+    relay
+        .change(&hook("screens", "delete", json!([2]), json!([2])))
+        .await;
+    for _ in 0..4 {
+        kiosk.next_data().await;
+    }
+    kiosk.disconnect().await;
+    let state_dir = relay.state_dir.clone();
+    relay.stop().await;
+
+    let relay = Relay::start_in(&config(""), state_dir, "127.0.0.1:0").await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    let status = kiosk.expect("relay.status").await;
+    assert_eq!(status["epoch"], epoch);
+    assert_eq!(status["seq"], 4);
+    let ack = kiosk
+        .subscribe(json!({"collections": ["screens"], "since": {"epoch": epoch, "seq": 4}}))
+        .await;
+    assert_eq!(
+        ack["collections"]["screens"],
+        json!({"mode": "replay", "events": 0})
+    );
+    let ack = kiosk
+        .subscribe(json!({"collections": ["screens"], "since": {"epoch": epoch, "seq": 1}}))
+        .await;
+    assert_eq!(
+        ack["collections"]["screens"],
+        json!({"mode": "snapshot", "items": [{"id": 1, "name": "A"}]})
+    );
+    relay
+        .change(&hook(
+            "screens",
+            "update",
+            json!([1]),
+            json!({"name": "A2"}),
+        ))
+        .await;
+    assert_eq!(seq(&kiosk.expect("data.update").await), 5);
+    relay.stop().await;
+}

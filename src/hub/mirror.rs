@@ -36,6 +36,23 @@ struct CollectionMirror {
     overflow: Option<Overflow>,
 }
 
+/// The mirror as `{collection: {key: record}}`, collections that overflowed left out.
+impl serde::Serialize for Mirror {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mirrored: Vec<_> = self
+            .collections
+            .iter()
+            .filter(|(_, c)| c.overflow.is_none())
+            .collect();
+        let mut map = serializer.serialize_map(Some(mirrored.len()))?;
+        for (name, c) in mirrored {
+            map.serialize_entry(name, &c.items)?;
+        }
+        map.end()
+    }
+}
+
 /// The outcome of writing a record into the mirror.
 #[derive(Debug, PartialEq)]
 pub enum Put {

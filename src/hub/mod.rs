@@ -8,6 +8,7 @@
 pub mod event;
 pub mod mirror;
 pub mod replay;
+pub mod state;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub enum Command {
     Sync(Sync),
     /// The upstream's state changed; kiosks are told.
     Upstream(Upstream),
+    /// The activity id the mirror is now caught up to (kept in the state file).
+    Cursor(u64),
     /// A kiosk connected: tell it the relay's status.
     Connected(SocketRef),
     /// A kiosk asks for collections, optionally resuming.
@@ -78,6 +81,7 @@ impl std::fmt::Debug for Command {
                 .field("complete", &sync.complete)
                 .finish(),
             Command::Upstream(state) => f.debug_tuple("Upstream").field(state).finish(),
+            Command::Cursor(id) => f.debug_tuple("Cursor").field(id).finish(),
             Command::Connected(socket) => f.debug_tuple("Connected").field(&socket.id).finish(),
             Command::Subscribe {
                 socket, request, ..
@@ -207,18 +211,31 @@ pub fn channel(config: &Config) -> (HubHandle, Inbox) {
     (handle, Inbox(rx))
 }
 
+/// What the hub starts from: the saved state, and where to save it.
+#[derive(Debug, Default)]
+pub struct Persistence {
+    pub saved: Option<state::Saved>,
+    pub writer: Option<state::Writer>,
+}
+
 /// Starts the hub on `tracker`; it stops when `shutdown` is cancelled, after handling what is
-/// already in its inbox.
+/// already in its inbox and saving its state.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     handle: &HubHandle,
     inbox: Inbox,
     config: &Config,
     io: SocketIo,
     metrics: Arc<Metrics>,
+    persistence: Persistence,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let hub = Hub::new(config.clone(), io, metrics, handle.status_tx.clone());
+    let mut hub = Hub::new(config.clone(), io, metrics, handle.status_tx.clone());
+    hub.writer = persistence.writer;
+    if let Some(saved) = persistence.saved {
+        hub.restore(saved);
+    }
     info!(epoch = %hub.epoch, "hub started");
     hub.publish_status();
     hub.note_upstream();
@@ -278,6 +295,10 @@ struct Hub {
     seen: Fingerprints,
     upstream: (Upstream, String),
     status_tx: Arc<watch::Sender<HubStatus>>,
+    cursor: Option<u64>,
+    /// Something worth saving changed since the last save.
+    dirty: bool,
+    writer: Option<state::Writer>,
 }
 
 impl Hub {
@@ -303,7 +324,64 @@ impl Hub {
             io,
             metrics,
             status_tx,
+            cursor: None,
+            dirty: false,
+            writer: None,
         }
+    }
+
+    /// Takes up where a previous run left off: same epoch and seq (kiosks resume or get a
+    /// snapshot of the same content), the mirror as it was, and the content's time.
+    fn restore(&mut self, saved: state::Saved) {
+        self.epoch = saved.epoch;
+        self.seq = saved.seq;
+        self.cursor = saved.cursor;
+        let limits = &self.config.limits;
+        self.ring = ReplayRing::new(limits.replay_events, limits.replay_bytes, self.seq);
+        for (collection, items) in saved.mirror {
+            if self.config.collection(&collection).is_none() {
+                continue;
+            }
+            for (key, record) in items {
+                self.seen.observe(&collection, &key, &record.to_string());
+                self.mirror.put(&collection, &key, record);
+            }
+            self.note_mirror(&collection);
+        }
+        // Until upstream says otherwise, kiosks are told the content is from the last save.
+        let state = if self.config.directus.is_some() {
+            Upstream::Offline
+        } else {
+            Upstream::Live
+        };
+        self.upstream = (state, saved.saved_at);
+        self.metrics.seq.set(self.seq as i64);
+    }
+
+    /// Offers the current state to the writer when it changed.
+    fn save_if_dirty(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        if let Some(writer) = &self.writer {
+            match self.serialise() {
+                Ok(bytes) => writer.offer(bytes),
+                Err(e) => warn!(%e, "cannot serialise the state"),
+            }
+        }
+        self.dirty = false;
+    }
+
+    fn serialise(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&state::SavedRef {
+            version: state::VERSION,
+            epoch: &self.epoch,
+            seq: self.seq,
+            cursor: self.cursor,
+            saved_at: now_rfc3339(),
+            saved_unix: crate::metrics::unix_now(),
+            mirror: &self.mirror,
+        })
     }
 
     fn publish_status(&self) {
@@ -328,6 +406,8 @@ impl Hub {
     ) {
         let mut tick = tokio::time::interval(HUB_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut persist = tokio::time::interval(self.config.persist_interval);
+        persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -337,6 +417,7 @@ impl Hub {
                     None => break,
                 },
                 _ = tick.tick() => self.publish_status(),
+                _ = persist.tick() => self.save_if_dirty(),
             }
             liveness.beat();
             self.metrics.hub_queue_depth.set(rx.len() as i64);
@@ -344,6 +425,12 @@ impl Hub {
         rx.close();
         while let Ok(command) = rx.try_recv() {
             self.handle(command);
+        }
+        if let Some(writer) = &self.writer {
+            match self.serialise() {
+                Ok(bytes) => writer.write_now(&bytes),
+                Err(e) => warn!(%e, "cannot serialise the state"),
+            }
         }
         info!(seq = self.seq, "hub stopped");
     }
@@ -353,6 +440,12 @@ impl Hub {
             Command::Apply(change) => self.apply(change),
             Command::Sync(sync) => self.sync(sync),
             Command::Upstream(state) => self.set_upstream(state),
+            Command::Cursor(id) => {
+                if self.cursor != Some(id) {
+                    self.cursor = Some(id);
+                    self.dirty = true;
+                }
+            }
             Command::Connected(socket) => self.connected(socket),
             Command::Subscribe {
                 socket,
@@ -655,6 +748,7 @@ impl Hub {
         self.ring.push(event.clone());
         self.metrics.seq.set(self.seq as i64);
         self.metrics.last_change.set(metrics::unix_now());
+        self.dirty = true;
         self.metrics.replay_events.set(self.ring.len() as i64);
         self.metrics.replay_bytes.set(self.ring.bytes() as i64);
         self.metrics

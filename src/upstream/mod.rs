@@ -53,6 +53,7 @@ pub fn spawn(
     config: Arc<Config>,
     hub: HubHandle,
     metrics: Arc<crate::metrics::Metrics>,
+    resume_cursor: Option<u64>,
     webhooks: Webhooks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -62,7 +63,7 @@ pub fn spawn(
     };
     let client = Directus::new(directus).map_err(|e| anyhow::anyhow!("directus: {e}"))?;
     info!(url = %directus.url, mode = ?directus.mode, "following Directus");
-    let syncer = Syncer::new(client, &config, hub, metrics);
+    let syncer = Syncer::new(client, &config, hub, metrics, resume_cursor);
     tracker.spawn(supervise(syncer, config, webhooks, shutdown));
     Ok(())
 }

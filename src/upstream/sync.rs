@@ -45,6 +45,8 @@ pub struct Syncer {
     metrics: Arc<Metrics>,
     /// The newest activity id whose change is in the hub.
     cursor: u64,
+    /// Start-up continues from a saved cursor.
+    resume: bool,
     /// Ids above `cursor - OVERLAP_IDS` already handled.
     done: BTreeSet<u64>,
     /// Collections followed through the activity log.
@@ -54,11 +56,14 @@ pub struct Syncer {
 }
 
 impl Syncer {
+    /// `resume` is the saved cursor of a previous run whose mirror was restored: start-up then
+    /// follows the activity log from there instead of reloading every collection.
     pub fn new(
         directus: Directus,
         config: &Config,
         hub: HubHandle,
         metrics: Arc<Metrics>,
+        resume: Option<u64>,
     ) -> Syncer {
         Syncer {
             directus,
@@ -66,7 +71,8 @@ impl Syncer {
             max_items: config.limits.mirror_items,
             hub,
             metrics,
-            cursor: 0,
+            cursor: resume.unwrap_or(0),
+            resume: resume.is_some(),
             done: BTreeSet::new(),
             followed: Vec::new(),
             reloaded: Vec::new(),
@@ -121,12 +127,26 @@ impl Syncer {
                     self.reloaded.push(c.name.clone());
                 }
             }
-            self.load(&c).await?;
+            if !(self.resume && newest.is_some()) || self.reloaded.contains(&c.name) {
+                self.load(&c).await?;
+            }
         }
-        if let Some(newest) = newest {
-            self.cursor = newest.max(self.cursor);
-            self.done.clear();
+        match newest {
+            Some(_) if self.resume => {
+                info!(
+                    cursor = self.cursor,
+                    "resuming from the saved activity cursor"
+                );
+                self.catch_up().await?;
+            }
+            Some(newest) => {
+                self.cursor = newest;
+                self.done.clear();
+            }
+            None => {}
         }
+        self.resume = false;
+        self.report_cursor().await?;
         info!(cursor = self.cursor, "in sync with Directus");
         Ok(())
     }
@@ -367,6 +387,14 @@ impl Syncer {
             payload: change.payload,
         })
         .await
+    }
+
+    /// Tells the hub the cursor, after the changes it covers (kept in the state file).
+    async fn report_cursor(&self) -> Result<(), SyncError> {
+        self.hub
+            .send(Command::Cursor(self.cursor))
+            .await
+            .map_err(|_| SyncError::Stopped)
     }
 
     async fn send(&self, sync: Sync) -> Result<(), SyncError> {
