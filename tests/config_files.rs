@@ -32,15 +32,15 @@ fn every_shipped_config_parses() {
     .expect("write credential");
     for file in files {
         let text = fs::read_to_string(&file).expect("read");
-        // Files that point at a secret_file are checked with a stand-in for it.
-        let text = text.replace(
-            "/etc/directus-relay/webhook_secret",
-            &credentials
-                .path()
-                .join("webhook_secret")
-                .display()
-                .to_string(),
-        );
+        // Files that point at secret files are checked with a stand-in for them.
+        let stand_in = credentials
+            .path()
+            .join("webhook_secret")
+            .display()
+            .to_string();
+        let text = text
+            .replace("/etc/directus-relay/webhook_secret", &stand_in)
+            .replace("/etc/directus-relay/directus_token", &stand_in);
         let config = Config::from_toml_with_credentials(&text, Some(credentials.path()))
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(
