@@ -147,8 +147,7 @@ async fn run_once(
         Mode::Websocket => websocket::session(syncer, config, shutdown).await,
         Mode::Poll => {
             state(syncer, Upstream::Live).await?;
-            let mut reconcile = tokio::time::interval(directus.reconcile_interval);
-            reconcile.tick().await;
+            let mut reconcile = reconcile_timer(directus.reconcile_interval);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -161,8 +160,7 @@ async fn run_once(
         }
         Mode::Webhook => {
             state(syncer, Upstream::Live).await?;
-            let mut reconcile = tokio::time::interval(directus.reconcile_interval);
-            reconcile.tick().await;
+            let mut reconcile = reconcile_timer(directus.reconcile_interval);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -182,6 +180,11 @@ async fn run_once(
             }
         }
     }
+}
+
+/// Ticks every `period`, the first time one period from now.
+fn reconcile_timer(period: std::time::Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
 
 async fn state(syncer: &Syncer, state: Upstream) -> Result<(), SessionError> {

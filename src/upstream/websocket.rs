@@ -92,8 +92,7 @@ pub async fn session(
         .iter()
         .map(|c| (c.name.as_str(), c))
         .collect();
-    let mut reconcile = tokio::time::interval(directus.reconcile_interval);
-    reconcile.tick().await;
+    let mut reconcile = super::reconcile_timer(directus.reconcile_interval);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -142,16 +141,7 @@ pub async fn session(
                 let code = message["error"]["code"].as_str().unwrap_or_default();
                 if code == "TOKEN_EXPIRED" {
                     debug!("Directus says the WebSocket token expired; authenticating again");
-                    let token = syncer
-                        .directus
-                        .access_token()
-                        .await
-                        .map_err(SyncError::from)?;
-                    send(
-                        &mut socket,
-                        &json!({"type": "auth", "access_token": token.expose()}),
-                    )
-                    .await?;
+                    send_auth(&mut socket, syncer).await?;
                 } else {
                     return Err(SessionError::Socket(format!(
                         "Directus refused authentication: {}",
@@ -183,7 +173,8 @@ fn websocket_url(directus: &DirectusConfig, path: &str) -> Result<url::Url, Sess
     Ok(url)
 }
 
-async fn authenticate(socket: &mut Socket, syncer: &mut Syncer) -> Result<(), SessionError> {
+/// Sends the auth frame with the current token (refreshing a login session first).
+async fn send_auth(socket: &mut Socket, syncer: &mut Syncer) -> Result<(), SessionError> {
     let token = syncer
         .directus
         .access_token()
@@ -193,7 +184,11 @@ async fn authenticate(socket: &mut Socket, syncer: &mut Syncer) -> Result<(), Se
         socket,
         &json!({"type": "auth", "access_token": token.expose(), "uid": "relay-auth"}),
     )
-    .await?;
+    .await
+}
+
+async fn authenticate(socket: &mut Socket, syncer: &mut Syncer) -> Result<(), SessionError> {
+    send_auth(socket, syncer).await?;
     let answer = tokio::time::timeout(AUTH_TIMEOUT, async {
         while let Some(message) = socket.next().await {
             if let Ok(Message::Text(text)) = message {
