@@ -92,6 +92,8 @@ struct State {
     hidden: Vec<u64>,
     next_id: u64,
     activity_off: Vec<String>,
+    activity_forbidden: bool,
+    logins: usize,
     down: bool,
     requests: Vec<String>,
 }
@@ -209,6 +211,16 @@ impl FakeDirectus {
         let mut kill = self.kill_sockets.lock().expect("kill");
         kill.cancel();
         *kill = CancellationToken::new();
+    }
+
+    /// Refuses the activity log to the relay's token (no read on `directus_activity`).
+    pub fn forbid_activity(&self) {
+        self.state().activity_forbidden = true;
+    }
+
+    /// How many times someone logged in with email and password.
+    pub fn logins(&self) -> usize {
+        self.state().logins
     }
 
     /// Switches activity off for a collection (`meta.accountability = null`).
@@ -350,6 +362,7 @@ impl FakeDirectus {
                 .expect("response");
         }
         if path == "/auth/login" {
+            self.state().logins += 1;
             return json_response(
                 StatusCode::OK,
                 json!({"data": {"access_token": TOKEN, "refresh_token": "r", "expires": 900_000}}),
@@ -376,6 +389,12 @@ impl FakeDirectus {
             );
         }
         if path == "/activity" {
+            if self.state().activity_forbidden {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({"errors":[{"message":"You don't have permission to access collection \"directus_activity\" or it does not exist. Queried in root.","extensions":{"code":"FORBIDDEN"}}]}),
+                );
+            }
             return json_response(StatusCode::OK, json!({"data": self.activity(&params)}));
         }
         if let Some(collection) = path.strip_prefix("/collections/") {

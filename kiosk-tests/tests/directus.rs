@@ -522,3 +522,46 @@ async fn a_restart_without_uplink_serves_the_saved_content_then_catches_up() {
     relay.stop().await;
     s.fake.stop();
 }
+
+/// Without read on directus_activity the relay says so and reloads collections instead: changes,
+/// deletes included, still arrive (at the next reconcile).
+#[tokio::test]
+async fn a_token_without_the_activity_log_falls_back_to_reloads() {
+    let s = setup("poll", "", |fake| fake.forbid_activity()).await;
+    let (mut kiosk, ack) = live_kiosk(&s.relay).await;
+    assert_eq!(snapshot(&ack, "screens", "id").len(), 1);
+    s.fake
+        .create("screens", json!({"id": 40, "name": "Reloaded"}));
+    s.fake.delete("screens", "1");
+    let mut view = snapshot(&ack, "screens", "id");
+    while view != s.fake.items("screens") {
+        let (name, body) = kiosk.next_data().await;
+        apply(&mut view, &name, &body);
+    }
+    s.relay.stop().await;
+    s.fake.stop();
+}
+
+/// Email and password instead of a static token: the relay logs in and follows Directus.
+#[tokio::test]
+async fn email_and_password_log_in() {
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
+    fake.create("screens", json!({"id": 1, "name": "Lobby"}));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[directus]\nurl = \"{}\"\nemail = \"relay@example.com\"\npassword = \"a-password\"\nca_file = \"{}\"\nmode = \"websocket\"\n[[collections]]\nname = \"screens\"",
+        fake.url(),
+        ca.write_ca(dir.path()).display()
+    );
+    let relay = Relay::start(&config).await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    wait_status(&mut kiosk, "live").await;
+    let ack = kiosk.subscribe(json!({"collections": ["screens"]})).await;
+    assert_eq!(snapshot(&ack, "screens", "id").len(), 1, "{ack}");
+    fake.create("screens", json!({"id": 2, "name": "Hall"}));
+    assert_eq!(keys(&kiosk.expect("data.create").await), vec!["2"]);
+    assert_eq!(fake.logins(), 1, "one login, the session is reused");
+    relay.stop().await;
+    fake.stop();
+}

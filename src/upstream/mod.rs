@@ -148,10 +148,13 @@ async fn run_once(
         Mode::Poll => {
             state(syncer, Upstream::Live).await?;
             let mut reconcile = reconcile_timer(directus.reconcile_interval);
+            // An interval, not a sleep per turn: the reconcile tick must not push polls back.
+            let mut poll = reconcile_timer(directus.poll_interval);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(directus.poll_interval) => {
+                    _ = poll.tick() => {
                         syncer.catch_up().await?;
                     }
                     _ = reconcile.tick() => syncer.reload_unfollowed().await?,
