@@ -110,6 +110,69 @@ log "starting Directus in $DDIR on port $DPORT"
 bash "$HERE/start.sh" "$DDIR" "$DPORT"
 log "Directus is up"
 
+# --- the operator commands against the real Directus ------------------------------------------
+# shellcheck disable=SC1091
+. "$DDIR/env"
+relay_cmd() { env -u RELAY_BIN "$RELAY_BIN" "$@"; }
+ops_config() { # $1 = file, $2 = token
+  cat >"$1" <<CONFIG
+state_dir = "$WORK/ops-state"
+[webhook]
+secret = "ops-check-secret-0123456789"
+[directus]
+url = "$DIRECTUS_URL"
+token = "$2"
+mode = "websocket"
+[[collections]]
+name = "screens"
+[[collections]]
+name = "announcements"
+[[collections]]
+name = "channels"
+key_field = "slug"
+CONFIG
+}
+ops_config "$WORK/ops.toml" "$DIRECTUS_RELAY_TOKEN"
+ops_config "$WORK/ops-bad.toml" "not-the-token"
+ops_passed=0
+ops_failed=0
+ops() { # $1 = what, then a command that must succeed
+  local what=$1
+  shift
+  if "$@" >"$WORK/ops.out" 2>&1; then
+    log "ok - $what"
+    ops_passed=$((ops_passed + 1))
+  else
+    log "not ok - $what"
+    sed 's/^/    /' "$WORK/ops.out"
+    ops_failed=$((ops_failed + 1))
+  fi
+}
+flows_named_relay() {
+  curl -s -H "Authorization: Bearer $DIRECTUS_ADMIN_TOKEN" \
+    "$DIRECTUS_URL/flows?filter%5Bname%5D%5B_eq%5D=directus-relay&fields=id" | jq '.data | length'
+}
+setup_flow() { # $1 = admin token
+  DIRECTUS_ADMIN_TOKEN="$1" relay_cmd setup-flow --config "$WORK/ops.toml" \
+    --relay-url http://192.0.2.10:8080/hooks/directus
+}
+refused_check() {
+  ! relay_cmd check --config "$WORK/ops-bad.toml" >"$WORK/ops-bad.out" 2>&1 &&
+    grep -q "directus.token" "$WORK/ops-bad.out"
+}
+ops "check: every line ok against Directus 12.4.0" relay_cmd check --config "$WORK/ops.toml"
+sed 's/^/    /' "$WORK/ops.out"
+ops "check: a wrong token fails, naming directus.token" refused_check
+flow_says() { # $1 = token, $2 = the word the answer starts with
+  local out
+  out=$(setup_flow "$1") && grep -q "^$2" <<<"$out"
+}
+flow_refused() { ! setup_flow "$DIRECTUS_RELAY_TOKEN"; }
+ops "setup-flow creates the Flow" flow_says "$DIRECTUS_ADMIN_TOKEN" created
+ops "setup-flow again updates it in place" flow_says "$DIRECTUS_ADMIN_TOKEN" updated
+ops "exactly one Flow named directus-relay" test "$(flows_named_relay)" = 1
+ops "setup-flow refuses the relay's read-only token" flow_refused
+
 # --- the tests -------------------------------------------------------------------------------
 export E2E_DIRECTUS_DIR="$DDIR" E2E_DIRECTUS_PORT="$DPORT" E2E_WORK="$WORK" E2E_RELAY_BIN="$RELAY_BIN"
 export E2E_DIRECTUS_SCRIPTS="$HERE" E2E_REPORT="$WORK/report.txt"
@@ -130,8 +193,8 @@ count() { # the number after "# <word>" in the TAP summary, 0 when absent
   n=$(sed -n "s/^# $1 \([0-9][0-9]*\)$/\1/p" "$WORK/results.tap" | tail -n 1)
   echo "${n:-0}"
 }
-passed=$(count pass)
-failed=$(( $(count fail) + $(count cancelled) ))
+passed=$(( $(count pass) + ops_passed ))
+failed=$(( $(count fail) + $(count cancelled) + ops_failed ))
 if [[ $tests_rc -ne 0 && $failed -eq 0 ]]; then
   echo "the test runner exited $tests_rc without reporting a failed test" >&2
   failed=$((failed + 1))

@@ -106,7 +106,7 @@ pub async fn run(config: &Config) -> Vec<Line> {
                 let what = format!("activity of {}", c.name);
                 lines.push(match client.accountability(&c.name).await {
                     Ok(Accountability::Recorded) => ok(what, "recorded"),
-                    Ok(Accountability::Unknown) => ok(what, "assumed recorded (the relay's user cannot read collection settings)"),
+                    Ok(Accountability::Unknown) => ok(what, "assumed recorded; give the relay's user read on directus_collections to know"),
                     Ok(Accountability::Off) => fail(
                         what,
                         "off (accountability is null): changes show up only at each reconcile_interval; turn Activity Tracking on in the collection's settings",
