@@ -201,9 +201,7 @@ impl Metrics {
 
     pub fn reject(&self, reason: &str) {
         self.webhook_rejects
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&reason_labels(reason))
             .inc();
     }
 }

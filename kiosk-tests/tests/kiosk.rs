@@ -157,30 +157,10 @@ async fn repeated_changes_reach_kiosks_once() {
     kiosk.assert_quiet(Duration::from_millis(200)).await;
 
     // Going back to an earlier state is a change, not a duplicate.
-    relay
-        .change(&hook(
-            "screens",
-            "update",
-            json!([2]),
-            json!({"status": "a"}),
-        ))
-        .await;
-    relay
-        .change(&hook(
-            "screens",
-            "update",
-            json!([2]),
-            json!({"status": "b"}),
-        ))
-        .await;
-    relay
-        .change(&hook(
-            "screens",
-            "update",
-            json!([2]),
-            json!({"status": "a"}),
-        ))
-        .await;
+    for status in ["a", "b", "a"] {
+        let body = hook("screens", "update", json!([2]), json!({ "status": status }));
+        relay.change(&body).await;
+    }
     for status in ["a", "b", "a"] {
         let body = kiosk.expect("data.update").await;
         assert_eq!(body["records"][0]["status"], status);
