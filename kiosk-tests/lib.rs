@@ -145,6 +145,9 @@ pub struct Kiosk {
 /// as opposed to a dropped connection.
 pub const SERVER_DISCONNECT: &str = "(disconnected by the relay)";
 
+/// The name under which a kiosk records a client error, such as a refused connection.
+pub const ERROR: &str = "(error)";
+
 /// What a kiosk may hold before the test reads it.
 const KIOSK_BUFFER: usize = 100_000;
 
@@ -168,6 +171,7 @@ impl Kiosk {
         let (tx, rx) = mpsc::channel(KIOSK_BUFFER);
         let on_event = tx.clone();
         let on_close = tx.clone();
+        let on_error = tx.clone();
         let mut builder = ClientBuilder::new(relay.url("/"))
             .namespace("/")
             .reconnect(false);
@@ -180,6 +184,15 @@ impl Kiosk {
                 async move {
                     let name = String::from(event);
                     tx.send(Received::Event(name, first_arg(payload)))
+                        .await
+                        .ok();
+                }
+                .boxed()
+            })
+            .on(Event::Error, move |payload, _client| {
+                let tx = on_error.clone();
+                async move {
+                    tx.send(Received::Event(ERROR.into(), first_arg(payload)))
                         .await
                         .ok();
                 }

@@ -212,6 +212,9 @@ pub struct Limits {
     /// reconnects and resumes.
     #[serde(default = "defaults::kiosk_queue")]
     pub kiosk_queue: usize,
+    /// Kiosks connected at once. More: refused with a `connect_error` that says why.
+    #[serde(default = "defaults::max_clients")]
+    pub max_clients: usize,
     /// Largest message a kiosk may send (WebSocket message and frame, polling payload).
     #[serde(default = "defaults::max_message_bytes", with = "byte_size")]
     pub max_message_bytes: usize,
@@ -227,6 +230,7 @@ impl Default for Limits {
             mirror_bytes: defaults::mirror_bytes(),
             webhook_body_bytes: defaults::webhook_body_bytes(),
             kiosk_queue: defaults::kiosk_queue(),
+            max_clients: defaults::max_clients(),
             max_message_bytes: defaults::max_message_bytes(),
         }
     }
@@ -302,6 +306,9 @@ mod defaults {
     }
     pub fn kiosk_queue() -> usize {
         256
+    }
+    pub fn max_clients() -> usize {
+        1000
     }
     pub fn max_message_bytes() -> usize {
         64 << 10
@@ -508,7 +515,8 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let minimums: [(&str, usize, usize); 8] = [
+        let minimums: [(&str, usize, usize); 9] = [
+            ("limits.max_clients", l.max_clients, 1),
             ("limits.hub_inbox", l.hub_inbox, 1),
             ("limits.replay_events", l.replay_events, 1),
             ("limits.replay_bytes", l.replay_bytes, 1024),

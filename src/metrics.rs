@@ -31,6 +31,8 @@ pub struct Metrics {
     registry: Registry,
     /// Kiosks connected right now.
     pub kiosks_connected: Gauge,
+    /// Kiosks refused because `limits.max_clients` were connected.
+    pub kiosks_refused: Counter,
     /// Changes accepted from upstream, by collection and action.
     pub changes_in: Family<EventLabels, Counter>,
     /// Changes dropped because kiosks already had them.
@@ -76,6 +78,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("relay");
         let m = Metrics {
             kiosks_connected: Gauge::default(),
+            kiosks_refused: Counter::default(),
             changes_in: Family::default(),
             duplicates: Family::default(),
             events_out: Family::default(),
@@ -100,6 +103,11 @@ impl Metrics {
             "kiosks_connected",
             "Kiosks connected now",
             m.kiosks_connected.clone(),
+        );
+        registry.register(
+            "kiosks_refused",
+            "Kiosks refused because limits.max_clients were connected",
+            m.kiosks_refused.clone(),
         );
         registry.register(
             "changes_in",

@@ -639,3 +639,31 @@ async fn a_restarted_relay_keeps_its_epoch_seq_and_content() {
     assert_eq!(seq(&kiosk.expect("data.update").await), 5);
     relay.stop().await;
 }
+
+/// Past `limits.max_clients`, a kiosk is refused with a `connect_error` that says why; when a
+/// kiosk leaves, there is room again.
+#[tokio::test]
+async fn kiosks_past_max_clients_are_refused_with_a_reason() {
+    let relay = Relay::start(&config("[limits]\nmax_clients = 2")).await;
+    let mut first = Kiosk::connect(&relay).await;
+    first.expect("relay.status").await;
+    let mut second = Kiosk::connect(&relay).await;
+    second.expect("relay.status").await;
+    let mut third = Kiosk::connect(&relay).await;
+    let error = third.expect(kiosk_tests::ERROR).await;
+    assert!(
+        error.to_string().contains("limits.max_clients"),
+        "the refusal says why: {error}"
+    );
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics.contains("relay_kiosks_refused_total 1"),
+        "{metrics}"
+    );
+    third.disconnect().await;
+    first.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Kiosk::connect(&relay).await;
+    again.expect("relay.status").await;
+    relay.stop().await;
+}

@@ -3,15 +3,15 @@
 //! Handlers only translate: every emit, room change and ack goes through the hub, which keeps
 //! the order of acks, replays and live events.
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{SocketIo, SocketIoBuilder};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Limits;
 use crate::hub::{self, Command, HubHandle, SubscribeRequest};
@@ -31,15 +31,27 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
 /// all-collections room, in the connect middleware: socketioxide awaits the middleware before it
 /// confirms the connection, so even a kiosk that subscribes at once is heard. The hub then
 /// tells it the relay's status.
-pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>) {
+pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, limits: &Limits) {
     let setup_hub = hub.clone();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let max_clients = limits.max_clients;
     let setup = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let hub = setup_hub.clone();
         let metrics = metrics.clone();
+        let connected = connected.clone();
         async move {
+            if connected.fetch_add(1, Ordering::SeqCst) >= max_clients {
+                connected.fetch_sub(1, Ordering::SeqCst);
+                metrics.kiosks_refused.inc();
+                warn!(
+                    max_clients,
+                    "kiosk refused: the relay is full (limits.max_clients)"
+                );
+                return Err(Refused::Full(max_clients));
+            }
             let will_subscribe = auth.is_ok_and(|a| a.get("collections").is_some());
-            set_up(&socket, hub, metrics, will_subscribe);
-            Ok::<(), Infallible>(())
+            set_up(&socket, hub, metrics, connected, will_subscribe);
+            Ok(())
         }
     };
     let announce = async move |socket: SocketRef| {
@@ -48,16 +60,40 @@ pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>) {
     io.ns("/", announce.with(setup));
 }
 
+/// Why a kiosk's connection is refused; the kiosk receives this text as its `connect_error`.
+#[derive(Debug)]
+pub enum Refused {
+    Full(usize),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Full(max) => write!(
+                f,
+                "the relay is full: {max} kiosks are connected (limits.max_clients); try again later"
+            ),
+        }
+    }
+}
+
 /// A kiosk that announces in its handshake that it will subscribe
 /// (`auth: {collections: [...]}`) receives nothing until its subscribe is answered; any other
 /// kiosk receives every collection from the moment it connects.
-fn set_up(socket: &SocketRef, hub: HubHandle, metrics: Arc<Metrics>, will_subscribe: bool) {
+fn set_up(
+    socket: &SocketRef,
+    hub: HubHandle,
+    metrics: Arc<Metrics>,
+    connected: Arc<AtomicUsize>,
+    will_subscribe: bool,
+) {
     metrics.kiosks_connected.inc();
     info!(sid = %socket.id, transport = ?socket.transport_type(), will_subscribe, "kiosk connected");
     if !will_subscribe {
         socket.join(hub::ALL_ROOM);
     }
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        connected.fetch_sub(1, Ordering::SeqCst);
         metrics.kiosks_connected.dec();
         info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
     });
