@@ -120,3 +120,35 @@ pub fn random_hex(bytes: usize) -> String {
     getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(age_secs: i64, cursor: Option<u64>) -> hub::state::Saved {
+        hub::state::Saved {
+            version: hub::state::VERSION,
+            epoch: "e".into(),
+            seq: 1,
+            cursor,
+            saved_at: String::new(),
+            saved_unix: metrics::unix_now() - age_secs,
+            mirror: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_saved_cursor_is_resumed_only_inside_the_activity_window() {
+        assert_eq!(resumable_cursor(&saved(60, Some(42))), Some(42));
+        assert_eq!(
+            resumable_cursor(&saved(RESUME_WINDOW_SECS - 60, Some(42))),
+            Some(42)
+        );
+        assert_eq!(
+            resumable_cursor(&saved(RESUME_WINDOW_SECS + 60, Some(42))),
+            None,
+            "older than Directus shows activity: reload instead"
+        );
+        assert_eq!(resumable_cursor(&saved(60, None)), None);
+    }
+}
