@@ -89,19 +89,9 @@ pub async fn setup(
                     .await
                     .map_err(explain)?;
             }
-            None => {
-                let op = create_operation(&mut client, id, &operation_options)
-                    .await
-                    .map_err(explain)?;
-                client
-                    .send(
-                        Method::PATCH,
-                        &format!("/flows/{id}"),
-                        &json!({"operation": op}),
-                    )
-                    .await
-                    .map_err(explain)?;
-            }
+            None => add_operation(&mut client, id, &operation_options)
+                .await
+                .map_err(explain)?,
         }
         return Ok(Outcome::Updated(id.to_owned()));
     }
@@ -113,25 +103,18 @@ pub async fn setup(
         .as_str()
         .ok_or("Directus did not return the new Flow's id")?
         .to_owned();
-    let op = create_operation(&mut client, &id, &operation_options)
-        .await
-        .map_err(explain)?;
-    client
-        .send(
-            Method::PATCH,
-            &format!("/flows/{id}"),
-            &json!({"operation": op}),
-        )
+    add_operation(&mut client, &id, &operation_options)
         .await
         .map_err(explain)?;
     Ok(Outcome::Created(id))
 }
 
-async fn create_operation(
+/// Creates the `request` operation and makes it the Flow's first step.
+async fn add_operation(
     client: &mut Directus,
     flow: &str,
     options: &Value,
-) -> Result<Value, DirectusError> {
+) -> Result<(), DirectusError> {
     let created = client
         .send(
             Method::POST,
@@ -143,7 +126,15 @@ async fn create_operation(
             }),
         )
         .await?;
-    Ok(created["data"]["id"].clone())
+    let operation = created["data"]["id"].clone();
+    client
+        .send(
+            Method::PATCH,
+            &format!("/flows/{flow}"),
+            &json!({ "operation": operation }),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Why Directus may refuse to call `relay_url`, for the operator.
