@@ -24,8 +24,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
-/// The static token the fake accepts.
+/// The static token the fake accepts (a read-only relay user).
 pub const TOKEN: &str = "fake-directus-static-token";
+
+/// An admin token: the only one that may manage Flows.
+pub const ADMIN_TOKEN: &str = "fake-directus-admin-token";
 
 /// A test CA and a server certificate for 127.0.0.1 and localhost that it signed.
 pub struct TestCa {
@@ -96,6 +99,8 @@ struct State {
     logins: usize,
     down: bool,
     requests: Vec<String>,
+    flows: Vec<Value>,
+    operations: Vec<Value>,
 }
 
 /// The fake server. Cheap to clone; every clone drives the same server.
@@ -368,11 +373,17 @@ impl FakeDirectus {
                 json!({"data": {"access_token": TOKEN, "refresh_token": "r", "expires": 900_000}}),
             );
         }
-        let authorized = req
+        let bearer = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            == Some(&format!("Bearer {TOKEN}"));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        if path.starts_with("/flows") || path.starts_with("/operations") {
+            return self.flows(req, &bearer).await;
+        }
+        let authorized = bearer == TOKEN;
         if !authorized {
             return json_response(
                 StatusCode::UNAUTHORIZED,
@@ -418,6 +429,102 @@ impl FakeDirectus {
             StatusCode::NOT_FOUND,
             json!({"errors":[{"message":"Route doesn't exist."}]}),
         )
+    }
+
+    /// Flows and operations, for `setup-flow`: admin only, like Directus.
+    async fn flows(&self, req: Request<Incoming>, bearer: &str) -> Response<Full<Bytes>> {
+        use http_body_util::BodyExt;
+        if bearer != ADMIN_TOKEN {
+            return json_response(
+                StatusCode::FORBIDDEN,
+                json!({"errors":[{"message":"You don't have permission to access collection \"directus_flows\" or it does not exist. Queried in root.","extensions":{"code":"FORBIDDEN"}}]}),
+            );
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut state = self.state();
+        let answer = match (method.as_str(), path.as_str()) {
+            ("GET", "/flows") => {
+                let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+                    .into_owned()
+                    .collect();
+                let filter: Value = params
+                    .get("filter")
+                    .and_then(|f| serde_json::from_str(f).ok())
+                    .unwrap_or(Value::Null);
+                let name = filter["name"]["_eq"].clone();
+                let flows: Vec<Value> = state
+                    .flows
+                    .iter()
+                    .filter(|f| name.is_null() || f["name"] == name)
+                    .map(|f| {
+                        let mut f = f.clone();
+                        let ops: Vec<Value> = state
+                            .operations
+                            .iter()
+                            .filter(|o| o["flow"] == f["id"])
+                            .map(|o| json!({"id": o["id"], "key": o["key"]}))
+                            .collect();
+                        f["operations"] = Value::Array(ops);
+                        f
+                    })
+                    .collect();
+                json!({ "data": flows })
+            }
+            ("POST", "/flows") => {
+                let mut flow = body;
+                flow["id"] = json!(format!("flow-{}", state.flows.len() + 1));
+                flow["operation"] = Value::Null;
+                state.flows.push(flow.clone());
+                json!({ "data": flow })
+            }
+            ("POST", "/operations") => {
+                let mut op = body;
+                op["id"] = json!(format!("op-{}", state.operations.len() + 1));
+                state.operations.push(op.clone());
+                json!({ "data": op })
+            }
+            ("PATCH", p) => {
+                let (list, id) = match p.strip_prefix("/flows/") {
+                    Some(id) => (&mut state.flows, id.to_owned()),
+                    None => (
+                        &mut state.operations,
+                        p.trim_start_matches("/operations/").to_owned(),
+                    ),
+                };
+                let Some(item) = list.iter_mut().find(|i| i["id"] == id.as_str()) else {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({"errors":[{"message":"not found"}]}),
+                    );
+                };
+                if let (Value::Object(item), Value::Object(fields)) = (item, body) {
+                    item.extend(fields);
+                }
+                json!({ "data": {"id": id} })
+            }
+            _ => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"errors":[{"message":"Route doesn't exist."}]}),
+                );
+            }
+        };
+        json_response(StatusCode::OK, answer)
+    }
+
+    /// The Flows and operations set up so far.
+    pub fn flows_and_operations(&self) -> (Vec<Value>, Vec<Value>) {
+        let state = self.state();
+        (state.flows.clone(), state.operations.clone())
     }
 
     fn activity(&self, params: &HashMap<String, String>) -> Vec<Value> {

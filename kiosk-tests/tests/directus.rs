@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kiosk_tests::fake_directus::{FakeDirectus, TOKEN, TestCa};
+use kiosk_tests::fake_directus::{ADMIN_TOKEN, FakeDirectus, TOKEN, TestCa};
 use kiosk_tests::{Kiosk, Relay, SECRET, hook, keys, seq};
 use serde_json::{Value, json};
 
@@ -563,5 +563,61 @@ async fn email_and_password_log_in() {
     assert_eq!(keys(&kiosk.expect("data.create").await), vec!["2"]);
     assert_eq!(fake.logins(), 1, "one login, the session is reused");
     relay.stop().await;
+    fake.stop();
+}
+
+/// `setup-flow` creates the Flow once and then updates it in place, with the relay's URL and
+/// secret; the relay's read-only token is refused with a hint.
+#[tokio::test]
+async fn setup_flow_creates_then_updates_one_flow() {
+    use directus_relay::upstream::flow::{self, Outcome};
+    let ca = TestCa::new();
+    let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = directus_relay::Config::from_toml(&format!(
+        "[webhook]\nsecret = \"{SECRET}\"\n[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nca_file = \"{}\"\nmode = \"webhook\"\n[[collections]]\nname = \"screens\"",
+        fake.url(),
+        ca.write_ca(dir.path()).display()
+    ))
+    .expect("valid");
+    let admin = directus_relay::config::Secret::new(ADMIN_TOKEN);
+    let first: url::Url = "http://192.0.2.10:8080/hooks/directus"
+        .parse()
+        .expect("url");
+    let second: url::Url = "http://192.0.2.11:8080/hooks/directus"
+        .parse()
+        .expect("url");
+    let created = flow::setup(&config, admin.clone(), &first)
+        .await
+        .expect("created");
+    assert!(matches!(created, Outcome::Created(_)), "{created:?}");
+    let updated = flow::setup(&config, admin, &second).await.expect("updated");
+    assert!(matches!(updated, Outcome::Updated(_)), "{updated:?}");
+
+    let (flows, operations) = fake.flows_and_operations();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(operations.len(), 1, "{operations:?}");
+    let (flow, op) = (&flows[0], &operations[0]);
+    assert_eq!(flow["name"], "directus-relay");
+    assert_eq!(
+        flow["operation"], op["id"],
+        "the operation is the Flow's first step"
+    );
+    assert_eq!(flow["options"]["collections"], json!(["screens"]));
+    assert_eq!(flow["options"]["type"], "action");
+    assert_eq!(op["options"]["url"], second.as_str());
+    assert_eq!(op["options"]["body"], "{{$trigger}}");
+    assert_eq!(op["options"]["headers"][0]["value"], SECRET);
+
+    let refused = flow::setup(&config, directus_relay::config::Secret::new(TOKEN), &first)
+        .await
+        .expect_err("a read-only token may not manage Flows");
+    assert!(refused.contains("admin token"), "{refused}");
+    assert!(
+        flow::deny_list_warning(&first).is_none(),
+        "192.0.2.10 is not local"
+    );
+    let local: url::Url = "http://127.0.0.1:8080/hooks/directus".parse().expect("url");
+    assert!(flow::deny_list_warning(&local).is_some_and(|w| w.contains("IMPORT_IP_DENY_LIST")));
     fake.stop();
 }
