@@ -136,8 +136,11 @@ export function postLarge(size, { chunked = false, expectContinue = false } = {}
  * queued in arrival order as {name, body, at} (`at` from performance.now()).
  */
 export class Kiosk {
-  /** @param {"websocket"|"polling"} transport */
-  constructor(transport, label = transport) {
+  /**
+   * @param {"websocket"|"polling"} transport
+   * @param {object} [auth] the handshake's auth, e.g. {token}
+   */
+  constructor(transport, label = transport, auth = undefined) {
     this.transport = transport;
     this.label = label;
     this.queue = [];
@@ -150,6 +153,7 @@ export class Kiosk {
       reconnection: false,
       timeout: SOON_MS,
       autoConnect: false,
+      auth,
     });
     this.socket.onAny((name, body) => {
       this.received += 1;

@@ -19,6 +19,7 @@ REPO_ROOT="$(cd "$E2E_DIR/.." && pwd)"
 STARTED_AT=$(date +%s)
 CHROMIUM=/usr/bin/chromium
 SECRET="e2e-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+LOBBY_TOKEN="e2e-lobby-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 log() { printf '[e2e %3ss] %s\n' "$(($(date +%s) - STARTED_AT))" "$*"; }
 
@@ -94,6 +95,19 @@ name = "screens"
 
 [[collections]]
 name = "announcements"
+
+# Routed by screen (a collection of its own: routed events take seqs of their own too).
+[[collections]]
+name = "notices"
+rooms_by = ["screen"]
+
+[clients]
+allow_anonymous = true
+
+[[clients.tokens]]
+name = "lobby"
+token = "$LOBBY_TOKEN"
+collections = ["screens"]
 EOF
 mkdir -p "$RUN_DIR/state"
 
@@ -121,14 +135,14 @@ log "relay healthy (pid $RELAY_PID)"
 
 # --- the node tests ----------------------------------------------------------------------
 log "running the tests"
-export E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
+export E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_LOBBY_TOKEN="$LOBBY_TOKEN" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
 export E2E_REPORT="$RUN_DIR/report.txt"
 : >"$E2E_REPORT"
 tests_rc=0
 (cd "$E2E_DIR" && timeout --foreground 300 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
-  kiosk.test.mjs browser.test.mjs) || tests_rc=$?
+  kiosk.test.mjs access.test.mjs browser.test.mjs) || tests_rc=$?
 
 count() { # the number after "# <word>" in the TAP summary, 0 when absent
   local n

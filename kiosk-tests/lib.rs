@@ -23,11 +23,13 @@ pub const SECRET: &str = "kiosk-tests-secret-0123456789";
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A config relaying `screens` and `announcements`, with `extra` TOML appended.
+/// A config relaying `screens` and `announcements` to kiosks without a token, with `extra`
+/// TOML appended.
 pub fn config(extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
+clients.allow_anonymous = true
 [webhook]
 secret = "{SECRET}"
 [[collections]]

@@ -24,8 +24,15 @@ pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook_secret";
 pub const DIRECTUS_TOKEN_CREDENTIAL: &str = "directus_token";
 pub const DIRECTUS_PASSWORD_CREDENTIAL: &str = "directus_password";
 
-/// Shortest webhook secret accepted.
+/// Shortest webhook secret or kiosk token accepted.
 pub const MIN_SECRET_LEN: usize = 16;
+
+/// The name of the kiosk token generated when the relay starts without a config file.
+pub const GENERATED_TOKEN_NAME: &str = "generated";
+
+/// Credential name prefix for kiosk tokens given neither inline nor as a file:
+/// `LoadCredential=kiosk_token_lobby:…` for the token named `lobby`.
+pub const KIOSK_TOKEN_CREDENTIAL_PREFIX: &str = "kiosk_token_";
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
 const RESERVED_PATHS: [&str; 4] = ["/socket.io", "/healthz", "/readyz", "/metrics"];
@@ -60,7 +67,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Who may connect as a kiosk.
+/// Who may connect as a kiosk, and what each may read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientsConfig {
@@ -68,17 +75,49 @@ pub struct ClientsConfig {
     /// the relay also refuses WebSocket upgrades from other origins.
     #[serde(default = "defaults::allowed_origins")]
     pub allowed_origins: Vec<String>,
+    /// Kiosks that connect without a token are served (only `anonymous_collections`).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// What a kiosk without a token may read when `allow_anonymous` is set (`["*"]`: all).
+    #[serde(default = "defaults::all_collections")]
+    pub anonymous_collections: Vec<String>,
+    /// Kiosk access tokens, each with the collections it may read.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
 }
 
 impl Default for ClientsConfig {
     fn default() -> Self {
         Self {
             allowed_origins: defaults::allowed_origins(),
+            allow_anonymous: false,
+            anonymous_collections: defaults::all_collections(),
+            tokens: Vec::new(),
         }
     }
 }
 
+/// One kiosk access token (`[[clients.tokens]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Names the token in logs and metrics; the token itself is never shown.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding the token (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The collections kiosks with this token may read (`["*"]`: all).
+    pub collections: Vec<String>,
+}
+
 impl ClientsConfig {
+    /// Whether any kiosk can connect: with a token, or without one.
+    pub fn admits_anyone(&self) -> bool {
+        self.allow_anonymous || !self.tokens.is_empty()
+    }
+
     /// Whether a page from `origin` may connect.
     pub fn allows(&self, origin: &str) -> bool {
         self.allowed_origins
@@ -183,6 +222,10 @@ pub struct CollectionConfig {
     /// The fields read from Directus (`["*"]`: all), which must include `key_field`.
     #[serde(default = "defaults::fields")]
     pub fields: Vec<String>,
+    /// Fields whose values name routed rooms (`"screen"`, or a path such as `"screen.code"`
+    /// into a related item): kiosks can subscribe to just the items with a given value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms_by: Vec<String>,
 }
 
 /// Named bounds on every queue, buffer and input. See the README for the policy when full.
@@ -218,6 +261,9 @@ pub struct Limits {
     /// Largest message a kiosk may send (WebSocket message and frame, polling payload).
     #[serde(default = "defaults::max_message_bytes", with = "byte_size")]
     pub max_message_bytes: usize,
+    /// Largest event sent to kiosks. Larger: sent with keys only and `truncated: true`.
+    #[serde(default = "defaults::max_event_bytes", with = "byte_size")]
+    pub max_event_bytes: usize,
 }
 
 impl Default for Limits {
@@ -232,6 +278,7 @@ impl Default for Limits {
             kiosk_queue: defaults::kiosk_queue(),
             max_clients: defaults::max_clients(),
             max_message_bytes: defaults::max_message_bytes(),
+            max_event_bytes: defaults::max_event_bytes(),
         }
     }
 }
@@ -313,6 +360,12 @@ mod defaults {
     pub fn max_message_bytes() -> usize {
         64 << 10
     }
+    pub fn max_event_bytes() -> usize {
+        256 << 10
+    }
+    pub fn all_collections() -> Vec<String> {
+        vec!["*".into()]
+    }
 }
 
 /// Where a configuration came from, for the operator's benefit.
@@ -365,6 +418,14 @@ impl Config {
             .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         config.resolve_secrets(credentials.as_deref())?;
+        if source == Source::Defaults && !config.clients.admits_anyone() {
+            config.clients.tokens.push(TokenConfig {
+                name: GENERATED_TOKEN_NAME.into(),
+                token: Some(Secret::generate()),
+                token_file: None,
+                collections: defaults::all_collections(),
+            });
+        }
         config.validate()?;
         Ok((config, source))
     }
@@ -412,6 +473,15 @@ impl Config {
                 directus.password_file.as_deref(),
                 credentials_dir,
                 DIRECTUS_PASSWORD_CREDENTIAL,
+            )?;
+        }
+        for (i, t) in self.clients.tokens.iter_mut().enumerate() {
+            t.token = resolve_secret(
+                &format!("clients.tokens[{i}].token"),
+                t.token.take(),
+                t.token_file.as_deref(),
+                credentials_dir,
+                &format!("{KIOSK_TOKEN_CREDENTIAL_PREFIX}{}", t.name),
             )?;
         }
         Ok(())
@@ -493,6 +563,28 @@ impl Config {
                     format!("must include the key field {:?} (or \"*\")", c.key_field),
                 ));
             }
+            let mut routed = HashSet::new();
+            for (j, field) in c.rooms_by.iter().enumerate() {
+                let key = format!("collections[{i}].rooms_by[{j}]");
+                let valid = !field.is_empty()
+                    && field.split('.').all(|part| {
+                        !part.is_empty()
+                            && part
+                                .chars()
+                                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+                    });
+                if !valid {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{field:?} is not a field name (or a path such as \"screen.code\")"
+                        ),
+                    ));
+                }
+                if !routed.insert(field.as_str()) {
+                    return Err(invalid(key, format!("{field:?} is listed twice")));
+                }
+            }
         }
         if self.persist_interval < Duration::from_millis(100) {
             return Err(invalid("persist_interval", "must be at least 100ms"));
@@ -514,8 +606,9 @@ impl Config {
                 ));
             }
         }
+        self.validate_clients()?;
         let l = &self.limits;
-        let minimums: [(&str, usize, usize); 9] = [
+        let minimums: [(&str, usize, usize); 10] = [
             ("limits.max_clients", l.max_clients, 1),
             ("limits.hub_inbox", l.hub_inbox, 1),
             ("limits.replay_events", l.replay_events, 1),
@@ -525,12 +618,100 @@ impl Config {
             ("limits.webhook_body_bytes", l.webhook_body_bytes, 1024),
             ("limits.kiosk_queue", l.kiosk_queue, 16),
             ("limits.max_message_bytes", l.max_message_bytes, 1024),
+            ("limits.max_event_bytes", l.max_event_bytes, 1024),
         ];
         for (key, value, min) in minimums {
             if value < min {
                 return Err(invalid(
                     key,
                     format!("is {value}; it must be at least {min}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kiosk tokens and the collections they name.
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        let clients = &self.clients;
+        if !clients.admits_anyone() {
+            return Err(invalid(
+                "clients",
+                "no kiosk can connect: add a [[clients.tokens]] entry, or set clients.allow_anonymous = true to serve screens without a token",
+            ));
+        }
+        self.validate_readable(
+            "clients.anonymous_collections",
+            &clients.anonymous_collections,
+        )?;
+        let mut names = HashSet::new();
+        for (i, t) in clients.tokens.iter().enumerate() {
+            let key = format!("clients.tokens[{i}]");
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} is not a name (letters, digits, _ and -)", t.name),
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} is used twice", t.name),
+                ));
+            }
+            let Some(token) = &t.token else {
+                return Err(invalid(
+                    format!("{key}.token"),
+                    format!(
+                        "not set: set token, token_file, or provide the systemd credential {KIOSK_TOKEN_CREDENTIAL_PREFIX}{}",
+                        t.name
+                    ),
+                ));
+            };
+            if token.expose().len() < MIN_SECRET_LEN {
+                return Err(invalid(
+                    format!("{key}.token"),
+                    format!(
+                        "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
+                        token.expose().len()
+                    ),
+                ));
+            }
+            let same = clients.tokens[..i]
+                .iter()
+                .find(|other| other.token.as_ref() == Some(token));
+            if let Some(other) = same {
+                return Err(invalid(
+                    format!("{key}.token"),
+                    format!(
+                        "is the same as the token {:?}; every token must be different",
+                        other.name
+                    ),
+                ));
+            }
+            self.validate_readable(&format!("{key}.collections"), &t.collections)?;
+        }
+        Ok(())
+    }
+
+    /// A list of collections a kiosk may read: `"*"` or relayed collections.
+    fn validate_readable(&self, key: &str, list: &[String]) -> Result<(), ConfigError> {
+        if list.is_empty() {
+            return Err(invalid(
+                key,
+                "is empty: list the collections, or \"*\" for all",
+            ));
+        }
+        for (i, name) in list.iter().enumerate() {
+            if name != "*" && self.collection(name).is_none() {
+                return Err(invalid(
+                    format!("{key}[{i}]"),
+                    format!("{name:?} is not a relayed collection (see [[collections]])"),
                 ));
             }
         }
@@ -552,6 +733,7 @@ impl Config {
                 name: name.to_owned(),
                 key_field: defaults::key_field(),
                 fields: defaults::fields(),
+                rooms_by: Vec::new(),
             });
         }
         self.collections.iter().find(|c| c.name == name).cloned()

@@ -55,7 +55,7 @@ pub async fn run(
     };
     let (svc, io) = downstream::kiosk::builder(&config.limits)
         .build_with_inner_svc(http::service(state.clone()));
-    downstream::kiosk::attach(&io, hub.clone(), metrics.clone(), &config.limits);
+    downstream::kiosk::attach(&io, hub.clone(), metrics.clone(), &config);
     let saved = hub::state::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     let persistence = hub::Persistence {

@@ -241,6 +241,24 @@ async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
         );
         config.webhook.secret = Some(secret);
     }
+    if source == Source::Defaults
+        && let Some(token) = config
+            .clients
+            .tokens
+            .iter()
+            .find(|t| t.name == config::GENERATED_TOKEN_NAME)
+            .and_then(|t| t.token.as_ref())
+    {
+        eprintln!(
+            "directus-relay: kiosks connect with a token generated for this run.\n\
+             \x20 Socket.IO handshake:       auth: {{ token: \"{}\" }}\n\
+             \x20 Example page:              examples/kiosk.html?token={}\n\
+             \x20 Add [[clients.tokens]] in {} to keep one.",
+            token.expose(),
+            token.expose(),
+            config::DEFAULT_CONFIG_PATH
+        );
+    }
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (listen): is another relay or service using that port?",

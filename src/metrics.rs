@@ -31,14 +31,16 @@ pub struct Metrics {
     registry: Registry,
     /// Kiosks connected right now.
     pub kiosks_connected: Gauge,
-    /// Kiosks refused because `limits.max_clients` were connected.
-    pub kiosks_refused: Counter,
+    /// Kiosks refused, by reason (`full`, `no-token`, `bad-token`).
+    pub kiosks_refused: Family<ReasonLabels, Counter>,
     /// Changes accepted from upstream, by collection and action.
     pub changes_in: Family<EventLabels, Counter>,
     /// Changes dropped because kiosks already had them.
     pub duplicates: Family<CollectionLabels, Counter>,
     /// Events emitted to kiosks (once per event, not per kiosk), by collection and action.
     pub events_out: Family<EventLabels, Counter>,
+    /// Events sent with keys only because they exceeded `limits.max_event_bytes`.
+    pub events_truncated: Family<CollectionLabels, Counter>,
     /// Event packets queued to kiosks (once per kiosk).
     pub deliveries: Counter,
     /// Kiosks cut off because their outbound queue was full.
@@ -78,10 +80,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("relay");
         let m = Metrics {
             kiosks_connected: Gauge::default(),
-            kiosks_refused: Counter::default(),
+            kiosks_refused: Family::default(),
             changes_in: Family::default(),
             duplicates: Family::default(),
             events_out: Family::default(),
+            events_truncated: Family::default(),
             deliveries: Counter::default(),
             kiosk_overflows: Counter::default(),
             webhook_rejects: Family::default(),
@@ -106,7 +109,7 @@ impl Metrics {
         );
         registry.register(
             "kiosks_refused",
-            "Kiosks refused because limits.max_clients were connected",
+            "Kiosks refused: full (limits.max_clients), no-token, bad-token",
             m.kiosks_refused.clone(),
         );
         registry.register(
@@ -123,6 +126,11 @@ impl Metrics {
             "events_out",
             "Events emitted to kiosks",
             m.events_out.clone(),
+        );
+        registry.register(
+            "events_truncated",
+            "Events sent with keys only because they exceeded limits.max_event_bytes",
+            m.events_truncated.clone(),
         );
         registry.register(
             "deliveries",

@@ -132,7 +132,7 @@ fn check_config_layers_defaults_file_and_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(
         dir.path(),
-        "listen = \"127.0.0.1:7000\"\n[webhook]\nsecret = \"file-secret-0123456789\"\n[[collections]]\nname = \"screens\"",
+        "listen = \"127.0.0.1:7000\"\nclients.allow_anonymous = true\n[webhook]\nsecret = \"file-secret-0123456789\"\n[[collections]]\nname = \"screens\"",
     );
     let output = relay()
         .args(["check-config", "--config"])
@@ -201,15 +201,18 @@ fn a_broken_config_exits_78_naming_the_key() {
 #[test]
 fn a_config_file_without_a_secret_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "listen = \"127.0.0.1:0\"");
+    let path = write_config(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\nclients.allow_anonymous = true",
+    );
     let output = relay().arg("--config").arg(&path).output().expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("webhook.secret is not set"), "{stderr}");
 }
 
-/// With no config file at all the relay starts in webhook mode on loopback with a secret it
-/// generates and prints, and only that secret is accepted.
+/// With no config file at all the relay starts in webhook mode on loopback with a secret and
+/// a kiosk token it generates and prints, and only that secret is accepted.
 #[tokio::test]
 async fn zero_config_start_generates_and_prints_a_secret() {
     assert!(
@@ -223,13 +226,18 @@ async fn zero_config_start_generates_and_prints_a_secret() {
     let line = running.wait_for("X-Relay-Secret:");
     let secret = line.rsplit(' ').next().expect("secret").trim().to_owned();
     assert_eq!(secret.len(), 32, "{line}");
+    let line = running.wait_for("auth: { token:");
+    let token = line.split('"').nth(1).expect("token").to_owned();
+    assert_eq!(token.len(), 32, "{line}");
+    assert_ne!(token, secret);
     let addr = running.address();
     assert_eq!(post_hook(addr, Some(&secret), CREATE).await.0, 202);
     assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 401);
     assert!(running.terminate().success());
-    // The secret is printed once, for the operator, and never logged.
+    // The secret and the token are printed once, for the operator, and never logged.
     while let Ok(line) = running.lines.recv_timeout(Duration::from_millis(200)) {
         assert!(!line.contains(&secret), "secret logged: {line}");
+        assert!(!line.contains(&token), "token logged: {line}");
     }
 }
 
@@ -243,7 +251,9 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
     let path = write_config(
         dir.path(),
-        &format!("listen = \"127.0.0.1:0\"\n[webhook]\nsecret = \"{SECRET}\""),
+        &format!(
+            "listen = \"127.0.0.1:0\"\nclients.allow_anonymous = true\n[webhook]\nsecret = \"{SECRET}\""
+        ),
     );
     let mut command = relay();
     command

@@ -30,6 +30,11 @@ fn every_shipped_config_parses() {
         "from-a-systemd-credential\n",
     )
     .expect("write credential");
+    fs::write(
+        credentials.path().join("kiosk_token_screens"),
+        "kiosk-token-from-a-credential\n",
+    )
+    .expect("write credential");
     for file in files {
         let text = fs::read_to_string(&file).expect("read");
         // Files that point at secret files are checked with a stand-in for them.
@@ -40,7 +45,8 @@ fn every_shipped_config_parses() {
             .to_string();
         let text = text
             .replace("/etc/directus-relay/webhook_secret", &stand_in)
-            .replace("/etc/directus-relay/directus_token", &stand_in);
+            .replace("/etc/directus-relay/directus_token", &stand_in)
+            .replace("/etc/directus-relay/kiosk_token", &stand_in);
         let config = Config::from_toml_with_credentials(&text, Some(credentials.path()))
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(
@@ -84,14 +90,19 @@ fn the_secret_can_come_from_a_systemd_credential() {
         "credential-secret-0123\n",
     )
     .expect("write");
-    let config = Config::from_toml_with_credentials("", Some(dir.path())).expect("valid");
+    let config =
+        Config::from_toml_with_credentials("clients.allow_anonymous = true", Some(dir.path()))
+            .expect("valid");
     let secret = config.webhook.secret.expect("secret from the credential");
     assert_eq!(secret.expose(), "credential-secret-0123");
 }
 
 #[test]
 fn secrets_never_show_in_debug_or_the_printed_config() {
-    let config = Config::from_toml("[webhook]\nsecret = \"very-secret-value-42\"").expect("valid");
+    let config = Config::from_toml(
+        "clients.allow_anonymous = true\n[webhook]\nsecret = \"very-secret-value-42\"",
+    )
+    .expect("valid");
     assert!(!format!("{config:?}").contains("very-secret-value-42"));
     let printed = config.to_toml();
     assert!(!printed.contains("very-secret-value-42"), "{printed}");
@@ -101,7 +112,7 @@ fn secrets_never_show_in_debug_or_the_printed_config() {
 #[test]
 fn sizes_and_durations_read_as_written() {
     let config = Config::from_toml(
-        "shutdown_grace = \"1500ms\"\n[limits]\nreplay_bytes = \"2MiB\"\nmirror_bytes = 4096\nwebhook_body_bytes = \"64 KiB\"",
+        "shutdown_grace = \"1500ms\"\nclients.allow_anonymous = true\n[limits]\nreplay_bytes = \"2MiB\"\nmirror_bytes = 4096\nwebhook_body_bytes = \"64 KiB\"",
     )
     .expect("valid");
     assert_eq!(

@@ -20,7 +20,8 @@ async fn start() -> Running {
 
 async fn start_with(extra: &str) -> Running {
     let mut config = Config::from_toml(&format!(
-        "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048\n{extra}"
+        "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048\n{extra}\n{anonymous}",
+        anonymous = if extra.contains("[clients]") { "" } else { "[clients]\nallow_anonymous = true" }
     ))
     .expect("valid config");
     // A state directory of this test's own, gone when the process ends.
@@ -211,8 +212,10 @@ async fn kiosk_pages_from_other_origins_may_connect() {
 
 #[tokio::test]
 async fn pages_from_origins_not_allowed_are_refused() {
-    let (addr, shutdown, task) =
-        start_with("[clients]\nallowed_origins = [\"https://signage.example\"]").await;
+    let (addr, shutdown, task) = start_with(
+        "[clients]\nallow_anonymous = true\nallowed_origins = [\"https://signage.example\"]",
+    )
+    .await;
     let head = "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: https://evil.example";
     assert!(raw_full(addr, head).await.starts_with("HTTP/1.1 403"));
     let upgrade = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13";

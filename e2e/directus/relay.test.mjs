@@ -184,6 +184,7 @@ class Relay {
     return `listen = "127.0.0.1:${this.port}"
 state_dir = "${join(WORK, `state-${this.mode}`)}"
 shutdown_grace = "2s"
+clients.allow_anonymous = true
 
 [webhook]
 path = "/hooks/directus"

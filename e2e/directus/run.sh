@@ -117,6 +117,7 @@ relay_cmd() { env -u RELAY_BIN "$RELAY_BIN" "$@"; }
 ops_config() { # $1 = file, $2 = token
   cat >"$1" <<CONFIG
 state_dir = "$WORK/ops-state"
+clients.allow_anonymous = true
 [webhook]
 secret = "ops-check-secret-0123456789"
 [directus]

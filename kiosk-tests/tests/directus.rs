@@ -29,6 +29,7 @@ async fn setup(mode: &str, extra: &str, before: impl FnOnce(&FakeDirectus)) -> S
     let ca_file = ca.write_ca(dir.path());
     let config = format!(
         r#"
+clients.allow_anonymous = true
 [webhook]
 secret = "{SECRET}"
 [directus]
@@ -357,7 +358,7 @@ async fn an_unverifiable_certificate_keeps_the_relay_offline() {
     let ca = TestCa::new();
     let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
     let config = format!(
-        "[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nmode = \"poll\"\n[[collections]]\nname = \"screens\"",
+        "clients.allow_anonymous = true\n[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nmode = \"poll\"\n[[collections]]\nname = \"screens\"",
         fake.url()
     );
     let relay = Relay::start(&config).await;
@@ -380,7 +381,7 @@ async fn a_refused_token_keeps_the_relay_offline() {
     fake.create("screens", json!({"id": 1}));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "[directus]\nurl = \"{}\"\ntoken = \"wrong-token\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"",
+        "clients.allow_anonymous = true\n[directus]\nurl = \"{}\"\ntoken = \"wrong-token\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"",
         fake.url(),
         ca.write_ca(dir.path()).display()
     );
@@ -419,7 +420,7 @@ async fn check_reports_each_problem_with_its_fix() {
     let ca_file = ca.write_ca(dir.path());
     let config = |token: &str| {
         directus_relay::Config::from_toml(&format!(
-            "[directus]\nurl = \"{}\"\ntoken = \"{token}\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"",
+            "clients.allow_anonymous = true\n[directus]\nurl = \"{}\"\ntoken = \"{token}\"\nca_file = \"{}\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"",
             fake.url(),
             ca_file.display()
         ))
@@ -550,7 +551,7 @@ async fn email_and_password_log_in() {
     fake.create("screens", json!({"id": 1, "name": "Lobby"}));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "[directus]\nurl = \"{}\"\nemail = \"relay@example.com\"\npassword = \"a-password\"\nca_file = \"{}\"\nmode = \"websocket\"\n[[collections]]\nname = \"screens\"",
+        "clients.allow_anonymous = true\n[directus]\nurl = \"{}\"\nemail = \"relay@example.com\"\npassword = \"a-password\"\nca_file = \"{}\"\nmode = \"websocket\"\n[[collections]]\nname = \"screens\"",
         fake.url(),
         ca.write_ca(dir.path()).display()
     );
@@ -575,7 +576,7 @@ async fn setup_flow_creates_then_updates_one_flow() {
     let fake = FakeDirectus::start(&ca, &[("screens", "id")]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = directus_relay::Config::from_toml(&format!(
-        "[webhook]\nsecret = \"{SECRET}\"\n[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nca_file = \"{}\"\nmode = \"webhook\"\n[[collections]]\nname = \"screens\"",
+        "clients.allow_anonymous = true\n[webhook]\nsecret = \"{SECRET}\"\n[directus]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nca_file = \"{}\"\nmode = \"webhook\"\n[[collections]]\nname = \"screens\"",
         fake.url(),
         ca.write_ca(dir.path()).display()
     ))

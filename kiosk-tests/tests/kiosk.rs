@@ -657,7 +657,7 @@ async fn kiosks_past_max_clients_are_refused_with_a_reason() {
     );
     let (_, metrics) = relay.get("/metrics").await;
     assert!(
-        metrics.contains("relay_kiosks_refused_total 1"),
+        metrics.contains("relay_kiosks_refused_total{reason=\"full\"} 1"),
         "{metrics}"
     );
     third.disconnect().await;

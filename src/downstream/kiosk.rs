@@ -13,9 +13,10 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use tracing::{debug, info, warn};
 
-use crate::config::Limits;
+use super::access::{Access, Gate, Refused};
+use crate::config::{Config, Limits};
 use crate::hub::{self, Command, HubHandle, SubscribeRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// The Socket.IO builder with the relay's bounds: the per-kiosk queue, and the largest message
 /// a kiosk may send on either transport.
@@ -27,30 +28,42 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
         .ws_max_frame_size(limits.max_message_bytes)
 }
 
-/// Registers the `/` namespace. A kiosk's handlers are set up, and it joins the
-/// all-collections room, in the connect middleware: socketioxide awaits the middleware before it
-/// confirms the connection, so even a kiosk that subscribes at once is heard. The hub then
-/// tells it the relay's status.
-pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, limits: &Limits) {
+/// Registers the `/` namespace. A kiosk's token is checked, its handlers are set up, and it
+/// joins the rooms of what it may read, in the connect middleware: socketioxide awaits the
+/// middleware before it confirms the connection, so even a kiosk that subscribes at once is
+/// heard. The hub then tells it the relay's status.
+pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, config: &Config) {
     let setup_hub = hub.clone();
     let connected = Arc::new(AtomicUsize::new(0));
-    let max_clients = limits.max_clients;
+    let max_clients = config.limits.max_clients;
+    let gate = Arc::new(Gate::new(&config.clients));
     let setup = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let hub = setup_hub.clone();
         let metrics = metrics.clone();
         let connected = connected.clone();
+        let gate = gate.clone();
         async move {
+            let auth = auth.unwrap_or(Value::Null);
+            let refuse = |refused: Refused| {
+                metrics
+                    .kiosks_refused
+                    .get_or_create(&metrics::reason_labels(refused.label()))
+                    .inc();
+                warn!(sid = %socket.id, reason = %refused, "kiosk refused");
+                refused
+            };
+            let token = match auth.get("token") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(token)) => Some(token.as_str()),
+                Some(_) => return Err(refuse(Refused::BadToken)),
+            };
+            let access = gate.admit(token).map_err(refuse)?;
             if connected.fetch_add(1, Ordering::SeqCst) >= max_clients {
                 connected.fetch_sub(1, Ordering::SeqCst);
-                metrics.kiosks_refused.inc();
-                warn!(
-                    max_clients,
-                    "kiosk refused: the relay is full (limits.max_clients)"
-                );
-                return Err(Refused::Full(max_clients));
+                return Err(refuse(Refused::Full(max_clients)));
             }
-            let will_subscribe = auth.is_ok_and(|a| a.get("collections").is_some());
-            set_up(&socket, hub, metrics, connected, will_subscribe);
+            let will_subscribe = auth.get("collections").is_some();
+            set_up(&socket, hub, metrics, connected, access, will_subscribe);
             Ok(())
         }
     };
@@ -60,38 +73,32 @@ pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, limits: &Lim
     io.ns("/", announce.with(setup));
 }
 
-/// Why a kiosk's connection is refused; the kiosk receives this text as its `connect_error`.
-#[derive(Debug)]
-pub enum Refused {
-    Full(usize),
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::Full(max) => write!(
-                f,
-                "the relay is full: {max} kiosks are connected (limits.max_clients); try again later"
-            ),
-        }
-    }
-}
-
 /// A kiosk that announces in its handshake that it will subscribe
 /// (`auth: {collections: [...]}`) receives nothing until its subscribe is answered; any other
-/// kiosk receives every collection from the moment it connects.
+/// kiosk receives every collection it may read from the moment it connects.
 fn set_up(
     socket: &SocketRef,
     hub: HubHandle,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicUsize>,
+    access: Access,
     will_subscribe: bool,
 ) {
     metrics.kiosks_connected.inc();
-    info!(sid = %socket.id, transport = ?socket.transport_type(), will_subscribe, "kiosk connected");
+    info!(
+        sid = %socket.id,
+        transport = ?socket.transport_type(),
+        token = &*access.name,
+        will_subscribe,
+        "kiosk connected"
+    );
     if !will_subscribe {
-        socket.join(hub::ALL_ROOM);
+        match access.collections() {
+            None => socket.join(hub::ALL_ROOM),
+            Some(collections) => socket.join(collections.cloned().collect::<Vec<_>>()),
+        }
     }
+    socket.extensions.insert(access);
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         connected.fetch_sub(1, Ordering::SeqCst);
         metrics.kiosks_connected.dec();
@@ -111,7 +118,7 @@ async fn subscribe(socket: SocketRef, data: Option<Value>, ack: AckSender, hub: 
         .and_then(|d| {
             serde_json::from_value::<SubscribeRequest>(d).map_err(|e| {
                 format!(
-                    "subscribe expects {{\"collections\": [...], \"since\": {{\"epoch\": ..., \"seq\": ...}}}}: {e}"
+                    "subscribe expects {{\"collections\": [\"name\" or {{\"collection\": \"name\", \"where\": {{\"field\": value}}}}, ...], \"since\": {{\"epoch\": ..., \"seq\": ...}}}}: {e}"
                 )
             })
         });

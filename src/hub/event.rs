@@ -114,6 +114,27 @@ pub struct EventBody<'a> {
     pub record: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records: Option<Vec<&'a Value>>,
+    /// For an event of a routed room: `{field: value}`.
+    #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
+    pub room: Option<Value>,
+    /// The records and payload were left out: the event exceeded `limits.max_event_bytes`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl<'a> EventBody<'a> {
+    /// An event about `keys` of `collection`, with nothing else yet.
+    pub fn new(collection: &'a str, keys: Vec<&'a str>) -> Self {
+        Self {
+            collection,
+            keys,
+            payload: None,
+            record: None,
+            records: None,
+            room: None,
+            truncated: false,
+        }
+    }
 }
 
 /// The body of an event as kiosks receive it (DESIGN.md §2).
@@ -131,6 +152,8 @@ pub struct Event {
     pub seq: u64,
     pub name: EventName,
     pub collection: Arc<str>,
+    /// The routed room it went to; `None`: the collection's room.
+    pub room: Option<Box<str>>,
     /// The JSON body, ready to send.
     pub body: Box<RawValue>,
 }
@@ -138,7 +161,10 @@ pub struct Event {
 impl Event {
     /// Bytes this event holds, for the replay ring's byte bound.
     pub fn weight(&self) -> usize {
-        self.body.get().len() + self.collection.len() + std::mem::size_of::<Self>()
+        self.body.get().len()
+            + self.collection.len()
+            + self.room.as_ref().map_or(0, |r| r.len())
+            + std::mem::size_of::<Self>()
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod event;
 pub mod mirror;
 pub mod replay;
+pub mod rooms;
 pub mod state;
 
 use std::collections::HashSet;
@@ -26,11 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{CollectionConfig, Config};
+use crate::downstream::access::Access;
 use crate::metrics::{self, Metrics};
 use event::{Action, Change, Event, EventBody, EventName, Stamped, Sync, now_rfc3339};
+use futures_util::FutureExt;
 use mirror::{Fingerprints, Mirror, Put};
 use replay::ReplayRing;
+use rooms::Item;
 
 /// The room every kiosk is in until it subscribes: it receives every collection, as with the
 /// Directus hook extension.
@@ -98,9 +102,74 @@ impl std::fmt::Debug for Command {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeRequest {
-    pub collections: Vec<String>,
+    pub collections: Vec<Wanted>,
     #[serde(default)]
     pub since: Option<Since>,
+}
+
+/// One entry of a subscribe's `collections`: a name, or `{collection, where: {field: value}}`
+/// for a routed room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Wanted {
+    Collection(String),
+    Filtered(Filtered),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filtered {
+    pub collection: String,
+    #[serde(rename = "where", default)]
+    pub filter: Option<Map<String, Value>>,
+}
+
+/// What a change did to a collection's items.
+#[derive(Debug, Default)]
+struct Outcome {
+    created: Vec<Item>,
+    updated: Vec<Item>,
+    deleted: Vec<Item>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// A routed room: its name, and the `{field: value}` its events and acks carry.
+#[derive(Debug, Clone)]
+struct Room {
+    name: String,
+    filter: Value,
+    field: String,
+    value: String,
+}
+
+/// A collection, or one of its routed rooms, that a kiosk subscribed to.
+#[derive(Debug)]
+struct Target {
+    collection: String,
+    room: Option<Room>,
+}
+
+impl Target {
+    fn room_name(&self) -> String {
+        match &self.room {
+            Some(room) => room.name.clone(),
+            None => self.collection.clone(),
+        }
+    }
+
+    /// Whether `event` went to this target's room.
+    fn matches(&self, event: &Event) -> bool {
+        match (&self.room, &event.room) {
+            (None, None) => *event.collection == *self.collection,
+            (Some(room), Some(name)) => **name == *room.name,
+            _ => false,
+        }
+    }
 }
 
 /// Where a kiosk left off.
@@ -284,6 +353,10 @@ impl Upstream {
 #[derive(Debug, Clone, Copy)]
 struct CutOff;
 
+/// Marks a kiosk that has subscribed: it no longer receives what it got by default.
+#[derive(Debug, Clone, Copy)]
+struct Subscribed;
+
 struct Hub {
     config: Config,
     io: SocketIo,
@@ -465,17 +538,19 @@ impl Hub {
             debug!(collection, "change for a collection that is not relayed");
             return;
         };
+        let routed = !settings.rooms_by.is_empty();
+        let mut outcome = Outcome::default();
         match change.action {
             Action::Create | Action::Update => {
-                let mut keys = Vec::new();
-                let mut records = Vec::new();
                 for key in &change.keys {
-                    let base = self
-                        .mirror
-                        .get(collection, &key.text)
-                        .cloned()
-                        .unwrap_or_else(|| json!({ settings.key_field.as_str(): key.json }));
-                    let record = mirror::merge(&base, change.payload.as_ref());
+                    let known = self.mirror.get(collection, &key.text).cloned();
+                    let record = match &known {
+                        Some(known) => mirror::merge(known, change.payload.as_ref()),
+                        None => mirror::merge(
+                            &json!({ settings.key_field.as_str(): key.json }),
+                            change.payload.as_ref(),
+                        ),
+                    };
                     let fresh = self
                         .seen
                         .observe(collection, &key.text, &record.to_string());
@@ -484,107 +559,77 @@ impl Hub {
                         Put::Unchanged => false,
                         Put::NotMirrored => fresh,
                     };
-                    if changed {
-                        keys.push(key.text.as_str());
-                        records.push(record);
+                    if !changed {
+                        continue;
                     }
-                }
-                self.note_mirror(collection);
-                if keys.is_empty() {
-                    self.duplicate(collection);
-                    return;
-                }
-                let payload = change.payload.as_ref();
-                if change.action == Action::Create {
-                    for (key, record) in keys.iter().zip(&records) {
-                        self.emit(
-                            EventName::Create,
-                            EventBody {
-                                collection,
-                                keys: vec![key],
-                                payload,
-                                record: Some(record),
-                                records: None,
-                            },
-                        );
+                    let item = Item {
+                        key: key.text.clone(),
+                        record,
+                        before: known.filter(|_| routed),
+                    };
+                    match change.action {
+                        Action::Create => outcome.created.push(item),
+                        _ => outcome.updated.push(item),
                     }
-                } else {
-                    self.emit(
-                        EventName::Update,
-                        EventBody {
-                            collection,
-                            keys: keys.clone(),
-                            payload,
-                            record: None,
-                            records: Some(records.iter().collect()),
-                        },
-                    );
                 }
             }
             Action::Delete => {
-                let mut keys = Vec::new();
-                let mut records = Vec::new();
                 for key in &change.keys {
                     let last = self.mirror.remove(collection, &key.text);
                     let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
                     if last.is_some() || fresh {
-                        keys.push(key.text.as_str());
-                        records.push(last.unwrap_or(Value::Null));
+                        outcome.deleted.push(Item {
+                            key: key.text.clone(),
+                            record: last.unwrap_or(Value::Null),
+                            before: None,
+                        });
                     }
-                }
-                self.note_mirror(collection);
-                if keys.is_empty() {
-                    self.duplicate(collection);
-                    return;
-                }
-                for name in [EventName::PreDelete, EventName::Delete] {
-                    self.emit(
-                        name,
-                        EventBody {
-                            collection,
-                            keys: keys.clone(),
-                            payload: None,
-                            record: None,
-                            records: Some(records.iter().collect()),
-                        },
-                    );
                 }
             }
         }
+        self.note_mirror(collection);
+        self.publish(&settings, change.payload.as_ref(), &outcome);
     }
 
     /// Replaces known records with current ones: new keys are created, changed ones updated,
     /// vanished ones deleted; what kiosks already have is not sent again.
     fn sync(&mut self, sync: Sync) {
         let collection = sync.collection.as_str();
-        if self.config.collection(collection).is_none() {
+        let Some(settings) = self.config.collection(collection) else {
             return;
-        }
+        };
         self.metrics
             .changes_in
             .get_or_create(&metrics::event_labels(collection, sync.hint.as_str()))
             .inc();
-        let mut created = Vec::new();
-        let mut updated = Vec::new();
-        let mut deleted = Vec::new();
+        let routed = !settings.rooms_by.is_empty();
+        let mut outcome = Outcome::default();
         let mut listed = HashSet::new();
-        for (key, record) in &sync.items {
-            listed.insert(key.text.as_str());
-            let known = self.mirror.get(collection, &key.text).is_some();
+        for (key, record) in sync.items {
+            listed.insert(key.text.clone());
+            let known = self.mirror.get(collection, &key.text);
+            let is_known = known.is_some();
+            let before = known.filter(|_| routed).cloned();
             match record {
                 Some(record) => {
                     let fresh = self
                         .seen
                         .observe(collection, &key.text, &record.to_string());
-                    match self.mirror.put(collection, &key.text, record.clone()) {
+                    let put = self.mirror.put(collection, &key.text, record.clone());
+                    let item = Item {
+                        key: key.text,
+                        record,
+                        before,
+                    };
+                    match put {
                         Put::Unchanged => {}
-                        Put::Changed if known => updated.push((key.text.as_str(), record)),
-                        Put::Changed => created.push((key.text.as_str(), record)),
+                        Put::Changed if is_known => outcome.updated.push(item),
+                        Put::Changed => outcome.created.push(item),
                         Put::NotMirrored if !fresh => {}
                         Put::NotMirrored if sync.hint == Action::Create => {
-                            created.push((key.text.as_str(), record))
+                            outcome.created.push(item)
                         }
-                        Put::NotMirrored => updated.push((key.text.as_str(), record)),
+                        Put::NotMirrored => outcome.updated.push(item),
                     }
                 }
                 None => {
@@ -592,7 +637,11 @@ impl Hub {
                     let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
                     let mirrored = self.mirror.overflow(collection).is_none();
                     if last.is_some() || (fresh && !mirrored) {
-                        deleted.push((key.text.clone(), last.unwrap_or(Value::Null)));
+                        outcome.deleted.push(Item {
+                            key: key.text,
+                            record: last.unwrap_or(Value::Null),
+                            before: None,
+                        });
                     }
                 }
             }
@@ -601,60 +650,98 @@ impl Hub {
             let gone: Vec<String> = self
                 .mirror
                 .keys(collection)
-                .filter(|k| !listed.contains(k.as_str()))
+                .filter(|k| !listed.contains(*k))
                 .cloned()
                 .collect();
             for key in gone {
                 if let Some(last) = self.mirror.remove(collection, &key) {
                     self.seen.observe(collection, &key, &"\0deleted");
-                    deleted.push((key, last));
+                    outcome.deleted.push(Item {
+                        key,
+                        record: last,
+                        before: None,
+                    });
                 }
             }
         }
         self.note_mirror(collection);
-        if created.is_empty() && updated.is_empty() && deleted.is_empty() {
+        self.publish(&settings, sync.payload.as_ref(), &outcome);
+    }
+
+    /// Tells kiosks what a change did: the collection's room first, then every routed room
+    /// the change touched.
+    fn publish(&mut self, settings: &CollectionConfig, payload: Option<&Value>, outcome: &Outcome) {
+        let collection = settings.name.as_str();
+        if outcome.is_empty() {
             self.duplicate(collection);
             return;
         }
-        let payload = sync.payload.as_ref();
-        for (key, record) in &created {
-            self.emit(
-                EventName::Create,
-                EventBody {
-                    collection,
-                    keys: vec![key],
-                    payload,
-                    record: Some(record),
-                    records: None,
-                },
-            );
+        let whole = rooms::RoomChange {
+            arrived: outcome.created.iter().collect(),
+            updated: outcome.updated.iter().collect(),
+            left: Vec::new(),
+            deleted: outcome.deleted.iter().collect(),
+        };
+        self.emit_change(collection, None, payload, &whole);
+        for field in &settings.rooms_by {
+            let plan = rooms::plan(field, &outcome.created, &outcome.updated, &outcome.deleted);
+            for (value, change) in &plan {
+                let room = Room {
+                    name: rooms::room_name(collection, field, value),
+                    filter: json!({ field.as_str(): value }),
+                    field: field.clone(),
+                    value: value.clone(),
+                };
+                self.emit_change(collection, Some(&room), payload, change);
+            }
         }
-        if !updated.is_empty() {
-            self.emit(
-                EventName::Update,
-                EventBody {
-                    collection,
-                    keys: updated.iter().map(|(k, _)| *k).collect(),
-                    payload,
-                    record: None,
-                    records: Some(updated.iter().map(|(_, r)| *r).collect()),
-                },
-            );
+    }
+
+    /// The events of one change for one room, in the order kiosks apply them.
+    fn emit_change<'a>(
+        &mut self,
+        collection: &'a str,
+        room: Option<&Room>,
+        payload: Option<&'a Value>,
+        change: &rooms::RoomChange<'a>,
+    ) {
+        let body = |keys: Vec<&'a str>| EventBody {
+            room: room.map(|r| r.filter.clone()),
+            ..EventBody::new(collection, keys)
+        };
+        let room_name = room.map(|r| r.name.as_str());
+        for item in &change.arrived {
+            let event = EventBody {
+                payload,
+                record: Some(&item.record),
+                ..body(vec![&item.key])
+            };
+            self.emit(EventName::Create, event, room_name);
         }
-        if !deleted.is_empty() {
-            let keys: Vec<&str> = deleted.iter().map(|(k, _)| k.as_str()).collect();
-            let records: Vec<&Value> = deleted.iter().map(|(_, r)| r).collect();
+        let keys = |items: &[&'a Item]| items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>();
+        let records = |items: &[&'a Item]| items.iter().map(|i| &i.record).collect::<Vec<_>>();
+        if !change.updated.is_empty() {
+            let event = EventBody {
+                payload,
+                records: Some(records(&change.updated)),
+                ..body(keys(&change.updated))
+            };
+            self.emit(EventName::Update, event, room_name);
+        }
+        if !change.left.is_empty() {
+            let event = EventBody {
+                records: Some(records(&change.left)),
+                ..body(keys(&change.left))
+            };
+            self.emit(EventName::Delete, event, room_name);
+        }
+        if !change.deleted.is_empty() {
             for name in [EventName::PreDelete, EventName::Delete] {
-                self.emit(
-                    name,
-                    EventBody {
-                        collection,
-                        keys: keys.clone(),
-                        payload: None,
-                        record: None,
-                        records: Some(records.clone()),
-                    },
-                );
+                let event = EventBody {
+                    records: Some(records(&change.deleted)),
+                    ..body(keys(&change.deleted))
+                };
+                self.emit(name, event, room_name);
             }
         }
     }
@@ -720,17 +807,13 @@ impl Hub {
     }
 
     /// Assigns the next seq, serialises the event once, keeps it for replay and queues it to
-    /// every kiosk in the collection's room or the all-collections room.
-    fn emit(&mut self, name: EventName, body: EventBody<'_>) {
+    /// every kiosk of its room: a routed room, or the collection's room and the
+    /// all-collections room.
+    fn emit(&mut self, name: EventName, body: EventBody<'_>, room: Option<&str>) {
         let collection = body.collection;
         self.seq += 1;
         let ts = now_rfc3339();
-        let stamped = Stamped {
-            body: &body,
-            seq: self.seq,
-            ts: &ts,
-        };
-        let body = match serde_json::value::to_raw_value(&stamped) {
+        let body = match self.serialise_event(body, &ts) {
             Ok(body) => body,
             Err(e) => {
                 // Values that came in as JSON always serialise; this is a bug, not bad input.
@@ -743,6 +826,7 @@ impl Hub {
             seq: self.seq,
             name,
             collection: collection.into(),
+            room: room.map(Into::into),
             body,
         });
         self.ring.push(event.clone());
@@ -755,12 +839,90 @@ impl Hub {
             .events_out
             .get_or_create(&metrics::event_labels(collection, name.action()))
             .inc();
-        let rooms = vec![ALL_ROOM.to_owned(), collection.to_owned()];
-        for socket in self.io.to(rooms).sockets() {
-            self.send(&socket, &event);
-        }
+        let rooms = match room {
+            Some(room) => vec![room.to_owned()],
+            None => vec![ALL_ROOM.to_owned(), collection.to_owned()],
+        };
+        self.broadcast(rooms, &event);
     }
 
+    /// The event's JSON; past `limits.max_event_bytes`, without its records and payload and
+    /// marked `truncated`, so a kiosk knows to fetch the items itself.
+    fn serialise_event(
+        &self,
+        body: EventBody<'_>,
+        ts: &str,
+    ) -> serde_json::Result<Box<serde_json::value::RawValue>> {
+        let stamp = |body: &EventBody<'_>| {
+            serde_json::value::to_raw_value(&Stamped {
+                body,
+                seq: self.seq,
+                ts,
+            })
+        };
+        let full = stamp(&body)?;
+        let max = self.config.limits.max_event_bytes;
+        if full.get().len() <= max {
+            return Ok(full);
+        }
+        warn!(
+            collection = body.collection,
+            keys = body.keys.len(),
+            bytes = full.get().len(),
+            max,
+            "event larger than limits.max_event_bytes: kiosks get its keys only (truncated: true)"
+        );
+        self.metrics
+            .events_truncated
+            .get_or_create(&metrics::collection_labels(body.collection))
+            .inc();
+        stamp(&EventBody {
+            payload: None,
+            record: None,
+            records: None,
+            truncated: true,
+            ..body
+        })
+    }
+
+    /// Queues `event` to every kiosk in `rooms`, encoded once for all of them. A kiosk whose
+    /// queue is full is cut off first, so no kiosk silently misses an event.
+    fn broadcast(&self, rooms: Vec<String>, event: &Event) {
+        let sockets = self.io.to(rooms.clone()).sockets();
+        if sockets.is_empty() {
+            return;
+        }
+        let mut receivers = sockets.len();
+        for socket in &sockets {
+            if queue_full(socket) {
+                self.cut_off(socket);
+                receivers -= 1;
+            }
+        }
+        let sent = self
+            .io
+            .to(rooms)
+            .emit(event.name.as_str(), &*event.body)
+            .now_or_never();
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(socketioxide::BroadcastError::Socket(errors))) => {
+                receivers = receivers.saturating_sub(errors.len());
+                // A heartbeat took the last place in a queue since the check above.
+                for socket in sockets.iter().filter(|s| queue_full(s)) {
+                    self.cut_off(socket);
+                }
+            }
+            Some(Err(e)) => warn!(%e, seq = event.seq, "could not send an event to kiosks"),
+            None => warn!(
+                seq = event.seq,
+                "sending to kiosks did not complete at once"
+            ),
+        }
+        self.metrics.deliveries.inc_by(receivers as u64);
+    }
+
+    /// Sends one event to one kiosk (a replay).
     fn send(&self, socket: &SocketRef, event: &Event) {
         match socket.emit(event.name.as_str(), &*event.body) {
             Ok(()) => {
@@ -829,48 +991,31 @@ impl Hub {
         if socket.extensions.get::<CutOff>().is_some() || !socket.connected() {
             return;
         }
-        let wanted: HashSet<&str> = request.collections.iter().map(String::as_str).collect();
-        if wanted.is_empty() {
-            return self.refuse(
-                ack,
-                "invalid",
-                "subscribe needs \"collections\": a list of collection names".into(),
-            );
-        }
-        if let Some(unknown) = wanted.iter().find(|c| self.config.collection(c).is_none()) {
-            let known: Vec<&str> = self
-                .config
-                .collections
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            return self.refuse(
-                ack,
-                "unknown-collection",
-                format!(
-                    "collection {unknown:?} is not relayed; relayed collections: {}",
-                    known.join(", ")
-                ),
-            );
-        }
-
-        let replay = self.replay_for(&request, &wanted);
+        let targets = match self.targets(&socket, &request) {
+            Ok(targets) => targets,
+            Err((reason, message)) => return self.refuse(ack, reason, message),
+        };
+        let replay = self.replay_for(&request, &targets);
         let mut collections = Map::new();
-        for name in &request.collections {
-            let entry = match &replay {
+        let mut routed = Vec::new();
+        for target in &targets {
+            let mut entry = match &replay {
                 Some(events) => json!({
                     "mode": "replay",
-                    "events": events.iter().filter(|e| &*e.collection == name).count(),
+                    "events": events.iter().filter(|e| target.matches(e)).count(),
                 }),
-                None => match self.mirror.snapshot(name) {
-                    Some(items) => json!({ "mode": "snapshot", "items": items }),
-                    None => json!({
-                        "mode": "none",
-                        "reason": self.mirror.overflow(name).map(|o| o.describe()),
-                    }),
-                },
+                None => self.snapshot(target),
             };
-            collections.insert(name.clone(), entry);
+            match &target.room {
+                None => {
+                    collections.insert(target.collection.clone(), entry);
+                }
+                Some(room) => {
+                    entry["collection"] = json!(target.collection);
+                    entry["where"] = room.filter.clone();
+                    routed.push(entry);
+                }
+            }
         }
         let outcome = if replay.is_some() {
             "replay"
@@ -882,14 +1027,21 @@ impl Hub {
             .get_or_create(&metrics::reason_labels(outcome))
             .inc();
 
-        socket.leave(ALL_ROOM);
-        socket.join(request.collections.clone());
-        let ack_body = json!({
+        // The first subscribe replaces what the kiosk received by default; later ones add.
+        if socket.extensions.get::<Subscribed>().is_none() {
+            socket.leave_all();
+            socket.extensions.insert(Subscribed);
+        }
+        socket.join(targets.iter().map(Target::room_name).collect::<Vec<_>>());
+        let mut ack_body = json!({
             "ok": true,
             "epoch": self.epoch,
             "seq": self.seq,
             "collections": collections,
         });
+        if !routed.is_empty() {
+            ack_body["rooms"] = Value::Array(routed);
+        }
         if let Err(e) = ack.send(&ack_body) {
             return self.send_failed(&socket, e);
         }
@@ -897,6 +1049,80 @@ impl Hub {
             self.send(&socket, &event);
         }
         debug!(sid = %socket.id, outcome, "kiosk subscribed");
+    }
+
+    /// What a subscribe asks for, checked against the relayed collections, their routed
+    /// rooms and the kiosk's token. The error is a reason label and words for the kiosk.
+    fn targets(
+        &self,
+        socket: &SocketRef,
+        request: &SubscribeRequest,
+    ) -> Result<Vec<Target>, (&'static str, String)> {
+        if request.collections.is_empty() {
+            return Err((
+                "invalid",
+                "subscribe needs \"collections\": a list of collection names".into(),
+            ));
+        }
+        let access = socket.extensions.get::<Access>();
+        let mut targets: Vec<Target> = Vec::new();
+        for wanted in &request.collections {
+            let (name, filter) = match wanted {
+                Wanted::Collection(name) => (name, None),
+                Wanted::Filtered(f) => (&f.collection, f.filter.as_ref()),
+            };
+            let Some(settings) = self.config.collection(name) else {
+                let known: Vec<&str> = self
+                    .config
+                    .collections
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                return Err((
+                    "unknown-collection",
+                    format!(
+                        "collection {name:?} is not relayed; relayed collections: {}",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            if !access.as_ref().is_some_and(|a| a.may_read(name)) {
+                let token = access.as_ref().map_or("none", |a| &*a.name);
+                return Err((
+                    "forbidden",
+                    format!("this kiosk's token ({token}) may not read {name:?}"),
+                ));
+            }
+            let room = match filter.filter(|f| !f.is_empty()) {
+                None => None,
+                Some(filter) => Some(routed_room(&settings, filter)?),
+            };
+            let target = Target {
+                collection: name.clone(),
+                room,
+            };
+            if !targets.iter().any(|t| t.room_name() == target.room_name()) {
+                targets.push(target);
+            }
+        }
+        Ok(targets)
+    }
+
+    /// The current items of a target, or why there are none.
+    fn snapshot(&self, target: &Target) -> Value {
+        let collection = target.collection.as_str();
+        match self.mirror.snapshot(collection) {
+            Some(mut items) => {
+                if let Some(room) = &target.room {
+                    items.retain(|record| rooms::values(record, &room.field).contains(&room.value));
+                }
+                json!({ "mode": "snapshot", "items": items })
+            }
+            None => json!({
+                "mode": "none",
+                "reason": self.mirror.overflow(collection).map(|o| o.describe()),
+            }),
+        }
     }
 
     fn refuse(&self, ack: AckSender, reason: &str, message: String) {
@@ -908,13 +1134,13 @@ impl Hub {
         ack.send(&json!({ "ok": false, "error": message })).ok();
     }
 
-    /// The events a resuming kiosk missed in the collections it wants, or `None` when it must
-    /// take a snapshot: no `since`, another epoch, events already dropped from the ring, or more
+    /// The events a resuming kiosk missed in what it wants, or `None` when it must take a
+    /// snapshot: no `since`, another epoch, events already dropped from the ring, or more
     /// events than fit in its queue.
     fn replay_for(
         &self,
         request: &SubscribeRequest,
-        wanted: &HashSet<&str>,
+        targets: &[Target],
     ) -> Option<Vec<Arc<Event>>> {
         let since = request.since.as_ref()?;
         if since.epoch != self.epoch {
@@ -923,11 +1149,66 @@ impl Hub {
         let events: Vec<Arc<Event>> = self
             .ring
             .since(since.seq)?
-            .filter(|e| wanted.contains(&*e.collection))
+            .filter(|e| targets.iter().any(|t| t.matches(e)))
             .cloned()
             .collect();
         (events.len() <= self.config.limits.max_replay_per_subscribe()).then_some(events)
     }
+}
+
+/// The routed room a subscribe's `where: {field: value}` names.
+fn routed_room(
+    settings: &CollectionConfig,
+    filter: &Map<String, Value>,
+) -> Result<Room, (&'static str, String)> {
+    let collection = &settings.name;
+    let invalid = |message: String| Err(("invalid", message));
+    if filter.len() > 1 {
+        return invalid(format!(
+            "\"where\" names one field; to follow several values, subscribe to {collection:?} once per value"
+        ));
+    }
+    let Some((field, value)) = filter.iter().next() else {
+        return invalid("\"where\" is empty".into());
+    };
+    if !settings.rooms_by.contains(field) {
+        let fields = if settings.rooms_by.is_empty() {
+            "none".to_owned()
+        } else {
+            settings.rooms_by.join(", ")
+        };
+        return invalid(format!(
+            "{collection:?} has no rooms by {field:?}; its routed fields (rooms_by): {fields}"
+        ));
+    }
+    let Some(value) = rooms::scalar(value) else {
+        return invalid(format!(
+            "\"where\": {{{field:?}: …}} must be a string, number or boolean"
+        ));
+    };
+    Ok(Room {
+        name: rooms::room_name(collection, field, &value),
+        filter: json!({ field.as_str(): value }),
+        field: field.clone(),
+        value,
+    })
+}
+
+/// Whether a kiosk's queue has no room for one more packet. Asking socketioxide to emit a value
+/// that refuses to serialise takes a place in the queue and gives it back at once: the answer
+/// says whether there was one, and nothing is sent.
+fn queue_full(socket: &SocketRef) -> bool {
+    struct Probe;
+    impl serde::Serialize for Probe {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("probe"))
+        }
+    }
+    use socketioxide::{SendError, SocketError};
+    matches!(
+        socket.emit("relay.probe", &Probe),
+        Err(SendError::Socket(SocketError::InternalChannelFull))
+    )
 }
 
 /// What a kiosk's disconnect is worth logging.
@@ -951,7 +1232,7 @@ mod tests {
 
     fn hub(extra: &str) -> Hub {
         let config = Config::from_toml(&format!(
-            "[webhook]\nsecret = \"0123456789abcdef\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"\n{extra}"
+            "clients.allow_anonymous = true\n[webhook]\nsecret = \"0123456789abcdef\"\n[[collections]]\nname = \"screens\"\n[[collections]]\nname = \"channels\"\nkey_field = \"slug\"\n{extra}"
         ))
         .expect("valid");
         let (_svc, io) = SocketIo::new_svc();
@@ -1120,7 +1401,10 @@ mod tests {
 
     fn request(collections: &[&str], since: Option<(&str, u64)>) -> SubscribeRequest {
         SubscribeRequest {
-            collections: collections.iter().map(|c| c.to_string()).collect(),
+            collections: collections
+                .iter()
+                .map(|c| Wanted::Collection(c.to_string()))
+                .collect(),
             since: since.map(|(epoch, seq)| Since {
                 epoch: epoch.into(),
                 seq,
@@ -1141,7 +1425,10 @@ mod tests {
             ));
         }
         let epoch = hub.epoch.clone();
-        let screens: HashSet<&str> = ["screens"].into();
+        let screens = [Target {
+            collection: "screens".into(),
+            room: None,
+        }];
         let seqs =
             |r: Option<Vec<Arc<Event>>>| r.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>());
         let replay = |since| seqs(hub.replay_for(&request(&["screens"], since), &screens));

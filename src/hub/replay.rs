@@ -85,6 +85,7 @@ mod tests {
             seq,
             name: EventName::Update,
             collection: "screens".into(),
+            room: None,
             body: RawValue::from_string(format!("\"{body}\"")).expect("valid JSON"),
         })
     }

@@ -480,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_hub_answers_503() {
         let config =
-            Config::from_toml("[webhook]\nsecret = \"0123456789abcdef\"\n[limits]\nhub_inbox = 1")
+            Config::from_toml("clients.allow_anonymous = true\n[webhook]\nsecret = \"0123456789abcdef\"\n[limits]\nhub_inbox = 1")
                 .expect("valid");
         // A hub that is never started never drains its inbox.
         let (hub, _inbox) = crate::hub::channel(&config);

@@ -281,6 +281,7 @@ mod tests {
             name: "screens".into(),
             key_field: "id".into(),
             fields: vec!["*".into()],
+            rooms_by: Vec::new(),
         };
         let collections: HashMap<&str, &CollectionConfig> = [("screens", &screens)].into();
         let cases = [
