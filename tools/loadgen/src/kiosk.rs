@@ -50,6 +50,10 @@ pub struct Tally {
     pub bytes: Counter,
     /// Reading kiosks whose connection the relay ended (close, `41`, EOF, error).
     pub readers_closed: Counter,
+    /// Reading kiosks still connected at the end, and the events they got: what the relay
+    /// lost without cutting anyone off.
+    pub readers_open: Counter,
+    pub delivered_open: Counter,
 }
 
 impl Tally {
@@ -62,6 +66,8 @@ impl Tally {
             foreign: Counter::default(),
             bytes: Counter::default(),
             readers_closed: Counter::default(),
+            readers_open: Counter::default(),
+            delivered_open: Counter::default(),
         }
     }
 
@@ -147,10 +153,15 @@ async fn handshake(options: &Options) -> Result<Ws, ConnectFailure> {
 /// every posted event's latency, duplicates included.
 pub async fn read(mut ws: Ws, tally: Arc<Tally>, mut stop: watch::Receiver<bool>) {
     let mut seen = Seen::default();
+    let mut delivered = 0;
     loop {
         let message = tokio::select! {
             message = ws.next() => message,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => {
+                tally.readers_open.inc();
+                tally.delivered_open.add(delivered);
+                return;
+            }
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -161,7 +172,7 @@ pub async fn read(mut ws: Ws, tally: Arc<Tally>, mut stop: watch::Receiver<bool>
         match engineio::parse(&text) {
             Packet::Ping if ws.send(Message::text(engineio::PONG)).await.is_err() => break,
             Packet::Event { name, args, .. } if name.starts_with("data.") => {
-                record(&tally, &mut seen, args);
+                delivered += u64::from(record(&tally, &mut seen, args));
             }
             Packet::Disconnect | Packet::Close => break,
             _ => {}
@@ -172,19 +183,22 @@ pub async fn read(mut ws: Ws, tally: Arc<Tally>, mut stop: watch::Receiver<bool>
     }
 }
 
-fn record(tally: &Tally, seen: &mut Seen, args: &str) {
+/// Records one `data.*` event; true when it is a first delivery of a posted event.
+fn record(tally: &Tally, seen: &mut Seen, args: &str) -> bool {
     let (Some(n), Some(sent)) = (
         engineio::find_u64(args, "n"),
         engineio::find_u64(args, "sent_at_us"),
     ) else {
         tally.foreign.inc();
-        return;
+        return false;
     };
     if seen.insert(n) {
         tally.delivered.inc();
         tally.latency.record(tally.now_us().saturating_sub(sent));
+        true
     } else {
         tally.duplicates.inc();
+        false
     }
 }
 

@@ -19,6 +19,9 @@ use crate::stats::Counter;
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
 /// How often the phases poll their counters.
 const POLL: Duration = Duration::from_millis(20);
+/// The load's timeline: a row this often, at most this many rows.
+const TIMELINE_EVERY: Duration = Duration::from_secs(1);
+const TIMELINE_ROWS: usize = 600;
 /// How long reading kiosks get to stop at the end.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -82,6 +85,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     }
     let peak = relay.map(Peak::start);
     let own_cpu_start = Proc::Myself.cpu_seconds().ok();
+    let loadavg_start = loadavg();
     let mem_start = memory(relay);
     let cpu_start = cpu(relay);
 
@@ -190,6 +194,14 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         cpu_load.0 = cpu(relay);
         own_cpu_load.0 = Proc::Myself.cpu_seconds().ok();
         let load_start = Instant::now();
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let timeline = tokio::spawn(timeline(
+            relay,
+            load_start,
+            cpu_load.0,
+            (tally.clone(), posted.clone()),
+            rows.clone(),
+        ));
         let next = Arc::new(AtomicU64::new(0));
         let mut posters = Vec::with_capacity(o.posters);
         for _ in 0..o.posters {
@@ -222,6 +234,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             }
         }
         cpu_load.1 = cpu(relay);
+        timeline.abort();
+        let timeline = rows.lock().map(|r| r.clone()).unwrap_or_default();
         own_cpu_load.1 = Proc::Myself.cpu_seconds().ok();
         mem_peak = peak.as_ref().map(Peak::get);
         let delivered = tally.delivered.get();
@@ -242,6 +256,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "duplicates": tally.duplicates.get(),
             "foreign_events": tally.foreign.get(),
             "frame_bytes_avg": tally.bytes.get().checked_div(delivered + tally.duplicates.get()),
+            "timeline": timeline,
             "latency_ms": {
                 "p50": tally.latency.quantile(0.50) as f64 / 1000.0,
                 "p99": tally.latency.quantile(0.99) as f64 / 1000.0,
@@ -271,6 +286,17 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     stop_tx.send(true).ok();
     for reader in readers {
         tokio::time::timeout(STOP_GRACE, reader).await.ok();
+    }
+    if let Value::Object(load) = &mut load {
+        let readers_open = tally.readers_open.get();
+        let expected_open = posted.accepted.get() * readers_open;
+        load.insert("readers_open_at_end".into(), readers_open.into());
+        load.insert(
+            "lost_by_open_readers".into(),
+            expected_open
+                .saturating_sub(tally.delivered_open.get())
+                .into(),
+        );
     }
     let own_cpu_end = Proc::Myself.cpu_seconds().ok();
     let mem_end = memory(relay);
@@ -311,8 +337,49 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "total": seconds(own_cpu_start, own_cpu_end),
             "load": seconds(own_cpu_load.0, own_cpu_load.1),
         },
+        "loadavg_1m": { "start": loadavg_start, "end": loadavg() },
         "notes": notes.list(),
     }))
+}
+
+/// One row a second while the load runs: `[secs, relay RSS KiB, relay CPU s since the
+/// start, webhook answers 2xx, 503, deliveries]`, so a slow phase shows when it began.
+/// The rows go into a shared list, so that the task can simply be aborted.
+async fn timeline(
+    relay: Option<Proc>,
+    start: Instant,
+    cpu_start: Option<f64>,
+    (tally, posted): (Arc<Tally>, Arc<Posted>),
+    rows: Arc<Mutex<Vec<Value>>>,
+) {
+    let mut tick = tokio::time::interval(TIMELINE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let row = json!([
+            start.elapsed().as_secs(),
+            kib(memory(relay)),
+            seconds(cpu_start, cpu(relay)),
+            posted.accepted.get(),
+            posted.busy.get(),
+            tally.delivered.get(),
+        ]);
+        match rows.lock() {
+            Ok(mut rows) if rows.len() < TIMELINE_ROWS => rows.push(row),
+            _ => return,
+        }
+    }
+}
+
+/// The machine's one-minute load average: the cores are shared, so it says how much CPU the
+/// relay and the loadgen could get.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Takes event numbers until all are posted, each at its slot of the schedule
