@@ -58,6 +58,9 @@ pub struct Config {
     pub clients: ClientsConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// HTTPS and WSS on `listen`. Absent: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Who may connect as a kiosk.
@@ -534,6 +537,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 
@@ -575,6 +581,7 @@ impl Default for Config {
             collections: Vec::new(),
             clients: ClientsConfig::default(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
