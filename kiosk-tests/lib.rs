@@ -2,6 +2,7 @@
 //! `rust_socketio` client crate, and webhook posts over real HTTP.
 
 pub mod fake_directus;
+pub mod pki;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct Relay {
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     http: reqwest::Client,
+    /// With `[tls]`: the CA that kiosks and webhook posts trust.
+    ca_pem: Option<String>,
 }
 
 impl Relay {
@@ -77,11 +80,30 @@ impl Relay {
             shutdown,
             task,
             http: reqwest::Client::new(),
+            ca_pem: None,
         }
     }
 
+    /// Starts the relay with `toml`, which has a `[tls]` section whose certificate `ca_pem`
+    /// issued; kiosks and webhook posts then use https and trust that CA.
+    pub async fn start_tls(toml: &str, ca_pem: &str) -> Relay {
+        let mut relay = Self::start(toml).await;
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA certificate");
+        relay.http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .expect("https client");
+        relay.ca_pem = Some(ca_pem.to_owned());
+        relay
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// POSTs `body` to the webhook with the right secret; returns status and body.
@@ -179,6 +201,14 @@ impl Kiosk {
             .reconnect(false);
         if !auth.is_null() {
             builder = builder.auth(auth);
+        }
+        if let Some(ca_pem) = &relay.ca_pem {
+            let ca = native_tls::Certificate::from_pem(ca_pem.as_bytes()).expect("CA certificate");
+            let connector = native_tls::TlsConnector::builder()
+                .add_root_certificate(ca)
+                .build()
+                .expect("TLS connector");
+            builder = builder.tls_config(connector);
         }
         let client = builder
             .on_any(move |event, payload, _client| {

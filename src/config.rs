@@ -65,6 +65,9 @@ pub struct Config {
     pub clients: ClientsConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// HTTPS and WSS on `listen`. Absent: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Who may connect as a kiosk, and what each may read.
@@ -628,6 +631,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 
@@ -757,6 +763,7 @@ impl Default for Config {
             collections: Vec::new(),
             clients: ClientsConfig::default(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The one HTTP port: Socket.IO under `/socket.io`, the webhook, `/healthz`, `/readyz` and
-//! `/metrics`, served by hyper with graceful shutdown.
+//! `/metrics`, served by hyper (over TLS with `[tls]`) with graceful shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,12 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::connection;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
+use crate::tls::KioskTls;
 use crate::upstream::webhook;
 
 /// Pause after a failed `accept` (for example when out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the HTTP handlers need.
 #[derive(Debug, Clone)]
@@ -163,8 +168,9 @@ pub struct Server {
 
 impl Server {
     /// Accepts connections on `listener` and serves each with `svc` (HTTP/1 with upgrades for
-    /// WebSocket, and HTTP/2).
-    pub fn start<S, B>(listener: TcpListener, svc: S) -> Server
+    /// WebSocket, and HTTP/2 without TLS), over TLS when `tls` is given. Every connection can be
+    /// closed through the [`connection::ConnectionHandle`] its requests carry.
+    pub fn start<S, B>(listener: TcpListener, tls: Option<KioskTls>, svc: S) -> Server
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
@@ -177,7 +183,7 @@ impl Server {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stop = CancellationToken::new();
-        let accept_loop = tokio::spawn(accept_loop(listener, svc, stop.clone()));
+        let accept_loop = tokio::spawn(accept_loop(listener, tls, svc, stop.clone()));
         Server { stop, accept_loop }
     }
 
@@ -212,6 +218,7 @@ impl Server {
 
 async fn accept_loop<S, B>(
     listener: TcpListener,
+    tls: Option<KioskTls>,
     svc: S,
     stop: CancellationToken,
 ) -> GracefulShutdown
@@ -224,7 +231,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let upgrades = Arc::new(connection::Upgrades::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -239,18 +247,59 @@ where
             }
         };
         stream.set_nodelay(true).ok();
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let handle = connection::ConnectionHandle::new(upgrades.clone());
+        let svc = connection::Tagged::new(svc.clone(), handle.clone());
+        let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
+        let builder = builder.clone();
+        // Counts as in flight from here: shutdown waits for a handshake under way too.
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let io = match acceptor {
+                None => connection::Stream::Plain(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => connection::Stream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => return handshake_failed(peer, &e),
+                        Err(_) => {
+                            debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let io = connection::Killable::new(io, handle);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 debug!(%peer, %e, "connection ended with an error");
             }
         });
     }
     info!("stopped accepting connections");
     graceful
+}
+
+/// A client that gave up on the handshake. One that refused the relay's certificate is worth a
+/// warning (kiosks that do not trust it cannot connect); anything else is noise from scanners
+/// and dropped connections.
+fn handshake_failed(peer: std::net::SocketAddr, error: &std::io::Error) {
+    use rustls::AlertDescription::{BadCertificate, CertificateExpired, UnknownCA};
+    let refused = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::AlertReceived(BadCertificate | UnknownCA | CertificateExpired)
+            )
+        });
+    if refused {
+        warn!(%peer, %error, "a client refused the relay's TLS certificate (tls.cert_file): does it trust the certificate's issuer, and does the certificate name the address the kiosk uses?");
+    } else {
+        debug!(%peer, %error, "TLS handshake failed");
+    }
 }
 
 /// Cross-origin access to Socket.IO for kiosk pages served from elsewhere (`[clients]

@@ -8,29 +8,50 @@
 //! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring, and emits.
 //! * [`downstream`]: Socket.IO for kiosks ([`downstream::kiosk`]).
 //! * [`http`]: the single HTTP port and its graceful shutdown.
+//! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
+//! * [`tls`]: HTTPS/WSS for kiosks, the certificate re-read on SIGHUP.
 //! * [`metrics`]: Prometheus figures.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
-//! binds the listener and turns signals into a shutdown token.
+//! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
 pub mod config;
+pub mod connection;
 pub mod downstream;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod systemd;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::Config;
+
+/// Asks a running relay to re-read what it can without a restart: the TLS certificate
+/// (`main` triggers it on SIGHUP). Requests made before the relay listens are kept; several
+/// in a row count as one.
+#[derive(Debug, Clone, Default)]
+pub struct Reload(Arc<Notify>);
+
+impl Reload {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn trigger(&self) {
+        self.0.notify_one();
+    }
+}
 
 /// Serves the relay on `listener` until `shutdown` is cancelled, then closes kiosk sessions
 /// cleanly, lets in-flight requests finish within `shutdown_grace`, and returns.
@@ -39,7 +60,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_reload(config, listener, shutdown, Reload::new()).await
+}
+
+/// [`run`], re-reading the TLS certificate whenever `reload` is triggered.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Reload,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let tls = config.tls.as_ref().map(tls::KioskTls::new).transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let tracker = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
@@ -86,10 +118,13 @@ pub async fn run(
         &tracker,
     )?;
 
+    spawn_reloader(reload, tls.clone(), stop_tasks.clone(), &tracker);
+
     let addr = listener.local_addr()?;
-    let server = http::Server::start(listener, http::Cors::new(svc, config.clients.clone()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = http::Server::start(listener, tls, http::Cors::new(svc, config.clients.clone()));
     state.ready.store(true, Ordering::Relaxed);
-    info!(%addr, webhook = %config.webhook.path, "relay listening");
+    info!(%addr, scheme, webhook = %config.webhook.path, "relay listening");
     systemd::ready(&systemd::status_line(&hub, &metrics));
 
     shutdown.cancelled().await;
@@ -102,6 +137,33 @@ pub async fn run(
     tracker.wait().await;
     info!("stopped");
     Ok(())
+}
+
+/// Re-reads the certificate on each reload request; a bad file keeps the previous one.
+fn spawn_reloader(
+    reload: Reload,
+    tls: Option<tls::KioskTls>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = reload.0.notified() => {}
+            }
+            match &tls {
+                None => info!("reload requested: nothing to reload (no [tls] section)"),
+                Some(tls) => match tls.reload() {
+                    Ok(()) => info!(
+                        cert_file = %tls.cert_file().display(),
+                        "reloaded the TLS certificate; new connections use it, connected kiosks stay"
+                    ),
+                    Err(e) => warn!("kept the previous certificate: {e}"),
+                },
+            }
+        }
+    });
 }
 
 /// Directus shows activity of the last 30 days only (unlicensed); a saved cursor older than

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use directus_relay::Reload;
 use directus_relay::config::{self, Config, Secret, Source};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -268,6 +269,8 @@ async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    // Without a handler SIGHUP would end the relay; systemd's `ExecReload=` sends it.
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -276,7 +279,15 @@ async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
-    directus_relay::run(config, listener, shutdown).await
+    let reload = Reload::new();
+    let on_hup = reload.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received");
+            on_hup.trigger();
+        }
+    });
+    directus_relay::run_with_reload(config, listener, shutdown, reload).await
 }
 
 /// Logs to stderr: plain when under systemd's journal (which adds its own timestamps),

@@ -290,3 +290,225 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     assert!(running.terminate().success(), "exit 0 after SIGTERM");
     receive_until("STOPPING=1", &mut messages);
 }
+
+fn hangup(running: &Running) {
+    let status = Command::new("kill")
+        .args(["-HUP", &running.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// A TLS client that trusts only the test CA and offers HTTP/1.1.
+fn tls_connector(pki: &common::pki::Pki) -> tokio_rustls::TlsConnector {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(pki.ca_der.clone()))
+        .expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Each connection does a full handshake: a resumed session shows the certificate of the
+    // session it resumes.
+    config.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(addr: SocketAddr, connector: &tokio_rustls::TlsConnector) -> Tls {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("TLS handshake")
+}
+
+/// The name of the certificate the relay presented on `tls`, among `issued`.
+fn presented<'a>(tls: &Tls, issued: &[(&'a str, &common::pki::Issued)]) -> &'a str {
+    let der = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
+    issued
+        .iter()
+        .find(|(_, i)| i.der == der)
+        .map(|(name, _)| *name)
+        .unwrap_or("an unknown certificate")
+}
+
+/// POSTs a webhook over `tls` with HTTP/1.1 and returns the status.
+async fn https_post_hook(mut tls: Tls, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /hooks/directus HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Relay-Secret: {SECRET}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .ok();
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+type Wss = tokio_tungstenite::WebSocketStream<Tls>;
+
+async fn next_text(ws: &mut Wss) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("connection open")
+            .expect("a message");
+        if let Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
+fn tls_config_file(dir: &Path, section: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "listen = \"127.0.0.1:0\"\nclients.allow_anonymous = true\n[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n{section}"
+        ),
+    )
+}
+
+/// SIGHUP (`systemctl reload`) re-reads the certificate: new handshakes get the new one, a
+/// kiosk connected before keeps receiving, and a bad file keeps the certificate in use.
+#[tokio::test]
+async fn sighup_rereads_the_certificate_and_keeps_connected_kiosks() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = pki.issue("first");
+    let path = tls_config_file(dir.path(), &first.section(dir.path()));
+    let mut command = relay();
+    command.arg("--config").arg(&path);
+    let mut running = Running::spawn(command);
+    let addr = running.address();
+    let connector = tls_connector(&pki);
+
+    // A kiosk on wss, with the first certificate.
+    let tls = tls_connect(addr, &connector).await;
+    assert_eq!(presented(&tls, &[("first", &first)]), "first");
+    let url = format!(
+        "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+        addr.port()
+    );
+    let (mut kiosk, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("WebSocket over TLS");
+    assert!(next_text(&mut kiosk).await.starts_with("0{"));
+    kiosk.send(Message::text("40")).await.expect("join /");
+    while !next_text(&mut kiosk)
+        .await
+        .starts_with("42[\"relay.status\"")
+    {}
+
+    // The certificate is renewed; the relay is told.
+    let second = pki.issue("second");
+    second.write(dir.path());
+    let both = [("first", &first), ("second", &second)];
+    hangup(&running);
+    running.wait_for("reloaded the TLS certificate");
+    let tls = tls_connect(addr, &connector).await;
+    assert_eq!(
+        presented(&tls, &both),
+        "second",
+        "a new handshake gets the new certificate"
+    );
+    assert_eq!(https_post_hook(tls, CREATE).await, 202);
+
+    // The kiosk connected before the reload still receives.
+    let event = loop {
+        let text = next_text(&mut kiosk).await;
+        if text.starts_with("42[\"data.create\"") {
+            break text;
+        }
+    };
+    assert!(event.contains("Lobby"), "{event}");
+
+    // A broken file at the next reload: the relay keeps the certificate it has.
+    std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\n").expect("write");
+    hangup(&running);
+    let line = running.wait_for("kept the previous certificate");
+    assert!(line.contains("tls.cert_file"), "{line}");
+    let tls = tls_connect(addr, &connector).await;
+    assert_eq!(presented(&tls, &both), "second");
+    assert_eq!(https_post_hook(tls, CREATE).await, 202);
+
+    assert!(running.terminate().success());
+}
+
+/// Without `[tls]` SIGHUP has nothing to reload and must not end the relay (systemd's
+/// `ExecReload=` sends it).
+#[tokio::test]
+async fn sighup_without_tls_leaves_the_relay_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tls_config_file(dir.path(), "");
+    let mut command = relay();
+    command.arg("--config").arg(&path);
+    let mut running = Running::spawn(command);
+    let addr = running.address();
+    hangup(&running);
+    running.wait_for("nothing to reload");
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 202);
+    assert!(running.terminate().success(), "exit 0 after SIGTERM");
+}
+
+/// A certificate the relay cannot use is a configuration error (exit 78) that names the key,
+/// for `check-config` and at start-up alike.
+#[test]
+fn an_unusable_certificate_is_a_config_error() {
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issued = pki.issue("relay");
+    let path = tls_config_file(dir.path(), &issued.section(dir.path()));
+    let output = relay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "a good certificate passes");
+
+    let cases: [(&str, &str, &str); 3] = [
+        ("not a certificate\n", &issued.key_pem, "tls.cert_file: "),
+        (&issued.cert_pem, "not a key\n", "tls.key_file: "),
+        (
+            &issued.cert_pem,
+            &pki.issue("other").key_pem,
+            "is not the key of the certificate",
+        ),
+    ];
+    for (cert, key, expected) in cases {
+        std::fs::write(dir.path().join("cert.pem"), cert).expect("write");
+        std::fs::write(dir.path().join("key.pem"), key).expect("write");
+        for command in [&["check-config"][..], &["run"][..]] {
+            let output = relay()
+                .args(command)
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .expect("runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(78), "{command:?}: {stderr}");
+            assert!(stderr.contains(expected), "{command:?}: {stderr}");
+        }
+    }
+}

@@ -942,9 +942,10 @@ impl Hub {
         }
     }
 
-    /// A kiosk whose queue is full would silently miss events. Instead it gets nothing more,
-    /// and is disconnected as soon as its queue has room for the disconnect packet; it then
-    /// reconnects and resumes from its last seq.
+    /// A kiosk whose queue is full would silently miss events. Instead it gets nothing more
+    /// and its connection is closed, which frees its queue at once; socket.io-client then
+    /// reconnects by itself and resumes from its last seq. A polling kiosk has no connection
+    /// of its own: it is disconnected as soon as its queue has room for the disconnect packet.
     fn cut_off(&self, socket: &SocketRef) {
         if socket.extensions.get::<CutOff>().is_some() {
             return;
@@ -957,8 +958,13 @@ impl Hub {
             queue = self.config.limits.kiosk_queue,
             "kiosk is not reading fast enough (its queue of limits.kiosk_queue packets is full); disconnecting it so it resumes without gaps"
         );
+        let closed = crate::connection::close_transport(socket);
         let socket = socket.clone();
         tokio::spawn(async move {
+            if closed {
+                // The kiosk is gone once the engine sees its transport fail.
+                tokio::time::sleep(CUT_OFF_RETRY).await;
+            }
             let deadline = Instant::now() + CUT_OFF_GIVE_UP;
             while socket.connected() && Instant::now() < deadline {
                 if socket.clone().disconnect().is_ok() {

@@ -1,0 +1,172 @@
+//! A kiosk that stops reading is cut off by closing its connection — within seconds, not at
+//! the Engine.IO heartbeat — while the other kiosks keep receiving everything.
+//!
+//! The slow kiosk is a raw Engine.IO v4 client over a socket with a tiny receive buffer, so
+//! the relay's per-kiosk queue fills after a few events.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use kiosk_tests::{Kiosk, PATIENCE, Relay, config, hook, seq};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Largest number of changes posted while waiting for the slow kiosk to be cut off.
+const MAX_CHANGES: u64 = 400;
+
+/// Payload bytes per change: with the record, an event is about twice that.
+const PAYLOAD_BYTES: usize = 16 << 10;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// A TCP connection to the relay that reads little: a 4 KiB receive buffer.
+async fn tight_socket(relay: &Relay) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(relay.addr).await.expect("connect")
+}
+
+async fn text(ws: &mut Ws) -> String {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("connection open")
+            .expect("a message");
+        if let Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
+/// A kiosk that connects with WebSocket at once, joins `/` and then reads nothing more.
+async fn direct_websocket(relay: &Relay) -> Ws {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tight_socket(relay).await)
+        .await
+        .expect("websocket handshake");
+    let open = text(&mut ws).await;
+    assert!(open.starts_with("0{"), "Engine.IO open packet: {open}");
+    join(&mut ws).await;
+    ws
+}
+
+/// A kiosk that starts on long-polling, as socket.io-client does by default, upgrades to
+/// WebSocket, joins `/` and then reads nothing more.
+async fn upgraded_from_polling(relay: &Relay) -> Ws {
+    let http = reqwest::Client::new();
+    let open = http
+        .get(relay.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .expect("polling handshake")
+        .text()
+        .await
+        .expect("open packet");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet"))
+        .unwrap_or_else(|e| panic!("open packet {open}: {e}"));
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        relay.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tight_socket(relay).await)
+        .await
+        .expect("websocket handshake");
+    ws.send(Message::text("2probe")).await.expect("probe");
+    assert_eq!(text(&mut ws).await, "3probe");
+    ws.send(Message::text("5")).await.expect("upgrade");
+    join(&mut ws).await;
+    ws
+}
+
+/// Joins namespace `/` and waits for the relay's greeting.
+async fn join(ws: &mut Ws) {
+    ws.send(Message::text("40")).await.expect("connect packet");
+    loop {
+        let packet = text(ws).await;
+        if packet.starts_with("42[\"relay.status\"") {
+            return;
+        }
+        assert!(
+            packet.starts_with("40") || packet == "2" || packet == "6",
+            "unexpected packet before the greeting: {packet}"
+        );
+    }
+}
+
+async fn overflows(relay: &Relay) -> u64 {
+    let (_, metrics) = relay.get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("relay_kiosk_overflows_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no relay_kiosk_overflows_total in {metrics}"))
+}
+
+/// Reads whatever is left until the connection ends; panics if it is still open after
+/// `PATIENCE` (the heartbeat alone would take 45 s).
+async fn assert_closed_soon(mut ws: Ws) {
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(message) = ws.next().await {
+            if message.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the slow kiosk's connection is still open after {PATIENCE:?}"
+    );
+}
+
+async fn a_kiosk_that_stops_reading_is_cut_off(connect_slow: impl AsyncFnOnce(&Relay) -> Ws) {
+    let relay = Relay::start(&config("[limits]\nkiosk_queue = 16")).await;
+    let mut steady = Kiosk::connect(&relay).await;
+    steady.expect("relay.status").await;
+    let slow = connect_slow(&relay).await;
+
+    let filler = "x".repeat(PAYLOAD_BYTES);
+    relay
+        .change(&hook("screens", "create", json!(1), json!({"n": 0})))
+        .await;
+    let mut posted = 1;
+    while overflows(&relay).await == 0 {
+        assert!(
+            posted < MAX_CHANGES,
+            "{posted} changes did not fill a queue of 16"
+        );
+        relay
+            .change(&hook(
+                "screens",
+                "update",
+                json!([1]),
+                json!({"n": posted, "filler": filler}),
+            ))
+            .await;
+        posted += 1;
+    }
+    assert_eq!(overflows(&relay).await, 1, "one kiosk cut off, once");
+    assert_closed_soon(slow).await;
+
+    // The steady kiosk missed nothing.
+    for expected in 1..=posted {
+        let (name, body) = steady.next_data().await;
+        assert_eq!(seq(&body), expected, "{name}");
+    }
+    steady.assert_quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_kiosk_that_stops_reading_is_cut_off_by_closing_its_connection() {
+    a_kiosk_that_stops_reading_is_cut_off(direct_websocket).await;
+}
+
+#[tokio::test]
+async fn an_upgraded_kiosk_that_stops_reading_is_cut_off_by_closing_its_connection() {
+    a_kiosk_that_stops_reading_is_cut_off(upgraded_from_polling).await;
+}

@@ -1,0 +1,475 @@
+//! One accepted connection (TCP, or TLS over TCP) and its kill switch.
+//!
+//! The accept loop wraps every connection's IO in [`Killable`] and tags every request read from
+//! it with a [`ConnectionHandle`] (a request extension). socketioxide keeps the parts of the
+//! request that opened a kiosk's session, so the hub can later close that kiosk's transport
+//! with [`close_transport`]: the kiosk sees its connection drop (not a Socket.IO disconnect,
+//! after which socket.io-client would not reconnect by itself), reconnects and resumes, and the
+//! packets queued for it are freed at once.
+//!
+//! Which connection carries a session's WebSocket:
+//! * a kiosk that connected with WebSocket directly: the upgrade request is the one
+//!   socketioxide keeps, so its handle is the right one;
+//! * a kiosk that started on long-polling and upgraded: socketioxide keeps the first polling
+//!   request, from another connection. The WebSocket upgrade request
+//!   (`?transport=websocket&sid=…`) registers its connection under the session id in
+//!   [`Upgrades`], where [`close_transport`] finds it;
+//! * a kiosk still on long-polling has no connection of its own to close: `close_transport`
+//!   returns `false` and the caller falls back to a Socket.IO disconnect.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use http::Request;
+use socketioxide::TransportType;
+use socketioxide::extract::SocketRef;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Connections that carry an upgraded WebSocket, remembered at once. More than a relay serves;
+/// past it a cut-off kiosk that upgraded from polling gets a Socket.IO disconnect instead.
+pub const MAX_UPGRADED: usize = 65_536;
+
+/// The path under which Socket.IO is served.
+const SOCKET_IO_PATH: &str = "/socket.io";
+
+/// What a request knows about the connection it came on; cloned into every request's
+/// extensions by [`Tagged`].
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    state: Arc<State>,
+    upgrades: Arc<Upgrades>,
+}
+
+#[derive(Debug)]
+struct State {
+    kill: CancellationToken,
+    /// The session id this connection registered under in [`Upgrades`].
+    upgraded: Mutex<Option<String>>,
+}
+
+impl ConnectionHandle {
+    pub fn new(upgrades: Arc<Upgrades>) -> Self {
+        Self {
+            state: Arc::new(State {
+                kill: CancellationToken::new(),
+                upgraded: Mutex::new(None),
+            }),
+            upgrades,
+        }
+    }
+
+    /// Closes the connection: reads and writes fail from now on, and the socket is reset
+    /// rather than left to drain what the peer does not read.
+    pub fn close(&self) {
+        self.state.kill.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.kill.is_cancelled()
+    }
+
+    fn same(&self, other: &ConnectionHandle) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+
+/// Connections that carry a WebSocket upgraded from a polling session, by session id. An
+/// entry lives as long as its connection: [`Killable`] removes it when dropped.
+#[derive(Debug, Default)]
+pub struct Upgrades {
+    by_sid: Mutex<HashMap<String, ConnectionHandle>>,
+}
+
+impl Upgrades {
+    fn register(&self, sid: &str, connection: &ConnectionHandle) {
+        let mut by_sid = self.by_sid.lock().unwrap_or_else(|e| e.into_inner());
+        // First come, first kept: a live entry is not replaced by another connection naming
+        // the same session.
+        if let Some(existing) = by_sid.get(sid)
+            && !existing.is_closed()
+        {
+            return;
+        }
+        if by_sid.len() >= MAX_UPGRADED && !by_sid.contains_key(sid) {
+            return;
+        }
+        let mut upgraded = connection
+            .state
+            .upgraded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if upgraded.is_some() {
+            // One connection carries at most one WebSocket.
+            return;
+        }
+        *upgraded = Some(sid.to_owned());
+        by_sid.insert(sid.to_owned(), connection.clone());
+    }
+
+    fn find(&self, sid: &str) -> Option<ConnectionHandle> {
+        let by_sid = self.by_sid.lock().unwrap_or_else(|e| e.into_inner());
+        by_sid.get(sid).cloned()
+    }
+
+    fn forget(&self, connection: &ConnectionHandle) {
+        let sid = connection
+            .state
+            .upgraded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(sid) = sid else { return };
+        let mut by_sid = self.by_sid.lock().unwrap_or_else(|e| e.into_inner());
+        if by_sid.get(&sid).is_some_and(|c| c.same(connection)) {
+            by_sid.remove(&sid);
+        }
+    }
+
+    /// How many upgraded connections are remembered.
+    pub fn len(&self) -> usize {
+        self.by_sid.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Closes the connection that carries `socket`'s WebSocket, so the kiosk reconnects by itself.
+/// `false` when there is none to close: a polling kiosk, or a connection accepted outside
+/// [`crate::http::Server`].
+pub fn close_transport(socket: &SocketRef) -> bool {
+    if socket.transport_type() != TransportType::Websocket {
+        return false;
+    }
+    let parts = socket.req_parts();
+    let Some(opened_on) = parts.extensions.get::<ConnectionHandle>() else {
+        return false;
+    };
+    let connection = if query_param(parts.uri.query(), "transport") == Some("websocket") {
+        Some(opened_on.clone())
+    } else {
+        opened_on.upgrades.find(&socket.id.to_string())
+    };
+    match connection {
+        Some(connection) if !connection.is_closed() => {
+            connection.close();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// A service that tags each request with its connection's [`ConnectionHandle`].
+#[derive(Debug, Clone)]
+pub struct Tagged<S> {
+    inner: S,
+    connection: ConnectionHandle,
+}
+
+impl<S> Tagged<S> {
+    pub fn new(inner: S, connection: ConnectionHandle) -> Self {
+        Self { inner, connection }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<B>> for Tagged<S>
+where
+    S: hyper::service::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        if (path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")))
+            && query_param(req.uri().query(), "transport") == Some("websocket")
+            && let Some(sid) = query_param(req.uri().query(), "sid")
+        {
+            self.connection.upgrades.register(sid, &self.connection);
+        }
+        req.extensions_mut().insert(self.connection.clone());
+        self.inner.call(req)
+    }
+}
+
+/// What the accept loop serves: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A [`Stream`] that fails every read and write once its [`ConnectionHandle`] is closed, and
+/// wakes a reader or writer that waits on the peer. On the first failure it sets a zero linger,
+/// so the socket is reset when dropped: nothing queued for a peer that does not read is kept.
+#[derive(Debug)]
+pub struct Killable {
+    io: Stream,
+    connection: ConnectionHandle,
+    // Readers and writers run in different tasks with different wakers: one future each, so
+    // both are woken.
+    read_killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    write_killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    reset: bool,
+}
+
+impl Killable {
+    pub fn new(io: Stream, connection: ConnectionHandle) -> Self {
+        let token = connection.state.kill.clone();
+        Self {
+            io,
+            read_killed: Box::pin(token.clone().cancelled_owned()),
+            write_killed: Box::pin(token.cancelled_owned()),
+            connection,
+            reset: false,
+        }
+    }
+
+    fn killed(&mut self, cx: &mut Context<'_>, write: bool) -> Option<io::Error> {
+        let future = if write {
+            self.write_killed.as_mut()
+        } else {
+            self.read_killed.as_mut()
+        };
+        if future.poll(cx).is_pending() {
+            return None;
+        }
+        if !self.reset {
+            self.reset = true;
+            // Best effort: without it the socket is closed normally.
+            self.io.tcp().set_zero_linger().ok();
+        }
+        Some(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by the relay",
+        ))
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.connection.upgrades.forget(&self.connection);
+    }
+}
+
+impl AsyncRead for Killable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.killed(cx, false) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Killable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.killed(cx, true) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.killed(cx, true) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.killed(cx, true) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.killed(cx, true) {
+            return Poll::Ready(Err(e));
+        }
+        ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), accepted.expect("accept").0)
+    }
+
+    /// A writer blocked on a peer that does not read wakes up and fails when the connection
+    /// is closed, and the peer sees the connection end.
+    #[tokio::test]
+    async fn closing_wakes_a_blocked_writer_and_ends_the_connection() {
+        let (mut peer, server) = pair().await;
+        let upgrades = Arc::new(Upgrades::default());
+        let handle = ConnectionHandle::new(upgrades);
+        let mut killable = Killable::new(Stream::Plain(server), handle.clone());
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0u8; 64 << 10];
+            loop {
+                if let Err(e) = killable.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        });
+        // The writer fills the socket buffers and blocks; the peer reads nothing. (The pause
+        // only lets it get there; the test passes either way.)
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!writer.is_finished());
+        handle.close();
+        let error = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the blocked writer wakes up")
+            .expect("no panic");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+        // Reset, not a graceful close behind megabytes of unread data.
+        let mut sink = vec![0u8; 1 << 20];
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match peer.read(&mut sink).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e.kind()),
+                }
+            }
+        })
+        .await
+        .expect("the peer sees the end of the connection");
+        assert_eq!(end, Err(io::ErrorKind::ConnectionReset));
+    }
+
+    #[test]
+    fn an_upgraded_connection_is_found_by_session_and_forgotten_when_gone() {
+        let upgrades = Arc::new(Upgrades::default());
+        let first = ConnectionHandle::new(upgrades.clone());
+        let second = ConnectionHandle::new(upgrades.clone());
+        upgrades.register("abc", &first);
+        upgrades.register("abc", &second);
+        assert!(upgrades.find("abc").is_some_and(|c| c.same(&first)));
+        upgrades.forget(&second);
+        assert_eq!(upgrades.len(), 1, "another connection does not remove it");
+        upgrades.forget(&first);
+        assert!(upgrades.is_empty());
+        assert!(upgrades.find("abc").is_none());
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = Some("EIO=4&transport=websocket&sid=x1");
+        assert_eq!(query_param(q, "transport"), Some("websocket"));
+        assert_eq!(query_param(q, "sid"), Some("x1"));
+        assert_eq!(query_param(q, "t"), None);
+        assert_eq!(query_param(None, "sid"), None);
+    }
+}
