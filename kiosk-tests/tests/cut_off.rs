@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Largest number of changes posted while waiting for the slow kiosk to be cut off.
 const MAX_CHANGES: u64 = 400;
@@ -169,4 +171,54 @@ async fn a_websocket_kiosk_that_stops_reading_is_cut_off_by_closing_its_connecti
 #[tokio::test]
 async fn an_upgraded_kiosk_that_stops_reading_is_cut_off_by_closing_its_connection() {
     a_kiosk_that_stops_reading_is_cut_off(upgraded_from_polling).await;
+}
+
+/// A kiosk that sends a message past `limits.max_message_bytes` (here 10 MiB in one frame, and
+/// the same in 64 KiB fragments) has its connection closed; the others go on receiving.
+#[tokio::test]
+async fn a_kiosk_sending_a_10_mib_message_is_cut_off() {
+    let relay = Relay::start(&config("")).await;
+    let mut steady = Kiosk::connect(&relay).await;
+    steady.expect("relay.status").await;
+    let message = format!("42[\"subscribe\",\"{}\"]", "A".repeat(10 << 20));
+    for fragment in [None, Some(64 << 10)] {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr);
+        let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+            .await
+            .expect("websocket handshake");
+        assert!(text(&mut ws).await.starts_with("0{"));
+        join(&mut ws).await;
+        let sent = match fragment {
+            None => ws.send(Message::text(message.clone())).await,
+            Some(size) => {
+                let mut parts = message.as_bytes().chunks(size).peekable();
+                let mut result = Ok(());
+                let mut first = true;
+                while let Some(part) = parts.next() {
+                    let kind = if first { Data::Text } else { Data::Continue };
+                    let frame = Frame::message(
+                        bytes::Bytes::copy_from_slice(part),
+                        OpCode::Data(kind),
+                        parts.peek().is_none(),
+                    );
+                    first = false;
+                    result = ws.send(Message::Frame(frame)).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        // The relay may close while the message is still being written.
+        drop(sent);
+        assert_closed_soon(ws).await;
+    }
+    relay
+        .change(&hook("screens", "create", json!(1), json!({"n": 1})))
+        .await;
+    let (_, body) = steady.next_data().await;
+    assert_eq!(seq(&body), 1);
+    relay.stop().await;
 }
