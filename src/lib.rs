@@ -62,6 +62,7 @@ pub async fn run(
         saved,
         writer: Some(hub::state::Writer::spawn(
             config.state_dir.clone(),
+            metrics.clone(),
             &tracker,
         )),
     };
@@ -133,6 +134,7 @@ mod tests {
             cursor,
             saved_at: String::new(),
             saved_unix: metrics::unix_now() - age_secs,
+            clean: true,
             mirror: Default::default(),
         }
     }
