@@ -870,7 +870,10 @@ impl Hub {
     }
 
     fn subscribe(&mut self, socket: SocketRef, request: SubscribeRequest, ack: AckSender) {
-        if socket.extensions.get::<CutOff>().is_some() || !socket.connected() {
+        // socketioxide sends the connect packet before it marks the socket connected, so a
+        // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
+        let gone = !socket.connected() && self.io.get_socket(socket.id).is_none();
+        if socket.extensions.get::<CutOff>().is_some() || gone {
             return;
         }
         let wanted: HashSet<&str> = request.collections.iter().map(String::as_str).collect();
