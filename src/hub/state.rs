@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 /// The state file's name inside `state_dir`.
 pub const FILE_NAME: &str = "state.json";
 
+/// The temporary file a write goes to before it is renamed over [`FILE_NAME`].
+pub const TMP_NAME: &str = "state.json.tmp";
+
 /// The layout version written into the file.
 pub const VERSION: u32 = 1;
 
@@ -104,7 +107,7 @@ pub fn load(dir: &Path) -> Option<Saved> {
 /// of the folder. A crash at any point leaves the old file or the new one, never a mix.
 pub fn write_atomic(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = dir.join(TMP_NAME);
     {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -128,6 +131,11 @@ impl Writer {
     /// Starts the writer task for `dir` on `tracker`. It ends when every handle is dropped,
     /// after writing the last state offered.
     pub fn spawn(dir: PathBuf, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Writer {
+        // The temporary file is the writer's own; one left by a crash is never read, and goes.
+        let tmp = dir.join(TMP_NAME);
+        if fs::remove_file(&tmp).is_ok() {
+            info!(path = %tmp.display(), "removed a state file left half-written by a crash");
+        }
         let (tx, mut rx) = watch::channel::<Option<Arc<Vec<u8>>>>(None);
         let (task_dir, task_metrics) = (dir.clone(), metrics.clone());
         tracker.spawn(async move {
