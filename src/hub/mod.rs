@@ -708,14 +708,19 @@ impl Hub {
         if self.upstream.0 == Upstream::Live {
             self.known_current = (now_rfc3339(), metrics::unix_now());
         }
-        self.upstream = (state, now_rfc3339());
+        // Offline, kiosks show how old their content is: when it was last known current.
+        let since = match state {
+            Upstream::Offline => self.known_current.0.clone(),
+            Upstream::Live | Upstream::CatchingUp => now_rfc3339(),
+        };
+        self.upstream = (state, since);
         self.note_upstream();
         if state == Upstream::Offline {
             self.metrics.upstream_outages.inc();
         }
         self.publish_status();
         let status = self.status();
-        for socket in self.io.sockets() {
+        for socket in self.kiosks(None) {
             if let Err(e) = socket.emit("relay.status", &status) {
                 self.send_failed(&socket, e);
             }
@@ -800,8 +805,21 @@ impl Hub {
             .get_or_create(&metrics::event_labels(collection, name.action()))
             .inc();
         let rooms = vec![ALL_ROOM.to_owned(), collection.to_owned()];
-        for socket in self.io.to(rooms).sockets() {
+        for socket in self.kiosks(Some(rooms)) {
             self.send(&socket, &event);
+        }
+    }
+
+    /// The kiosks in `rooms` (all when `None`). None once the Socket.IO server is closed at
+    /// shutdown: socketioxide's `io.to`/`io.sockets` panic then, and the hub still applies the
+    /// changes accepted during the grace period before its last save.
+    fn kiosks(&self, rooms: Option<Vec<String>>) -> Vec<SocketRef> {
+        let Some(ns) = self.io.of("/") else {
+            return Vec::new();
+        };
+        match rooms {
+            Some(rooms) => ns.to(rooms).sockets(),
+            None => ns.sockets(),
         }
     }
 
@@ -872,7 +890,12 @@ impl Hub {
     fn subscribe(&mut self, socket: SocketRef, request: SubscribeRequest, ack: AckSender) {
         // socketioxide sends the connect packet before it marks the socket connected, so a
         // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
-        let gone = !socket.connected() && self.io.get_socket(socket.id).is_none();
+        let gone = !socket.connected()
+            && self
+                .io
+                .of("/")
+                .and_then(|ns| ns.get_socket(socket.id))
+                .is_none();
         if socket.extensions.get::<CutOff>().is_some() || gone {
             return;
         }
@@ -1235,6 +1258,23 @@ mod tests {
         hub
     }
 
+    /// Changes accepted during the shutdown grace period reach the hub after the Socket.IO
+    /// server is closed: they are still applied (and saved), nothing panics.
+    #[test]
+    fn changes_after_the_socket_io_server_closed_are_still_applied() {
+        let mut hub = hub("");
+        hub.io.delete_ns("/");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({})),
+        ));
+        hub.set_upstream(Upstream::Offline);
+        assert_eq!(hub.seq, 1);
+        assert_eq!(hub.mirror.len("screens"), 1);
+    }
+
     fn saved_from(hub: &Hub, clean: bool) -> state::Saved {
         let bytes = hub.serialise(clean).expect("serialise");
         serde_json::from_slice(&bytes).expect("the loader reads what the hub writes")
@@ -1374,6 +1414,12 @@ mod tests {
         );
         hub.set_upstream(Upstream::CatchingUp);
         assert_eq!(saved_from(&hub, true).saved_unix, 1_795_885_200);
+        hub.set_upstream(Upstream::Offline);
+        assert_eq!(
+            hub.status()["since"],
+            "2026-11-28T17:00:00.000Z",
+            "a failed catch-up does not make the content newer"
+        );
         hub.set_upstream(Upstream::Live);
         let live = saved_from(&hub, true);
         assert!(live.saved_unix >= metrics::unix_now() - 60, "live: now");
