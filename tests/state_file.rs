@@ -420,3 +420,68 @@ async fn kill_9_while_writing_never_loses_the_saved_state() {
     relay.take().expect("relay").terminate();
     assert!(state::load(&state_dir).expect("state").clean);
 }
+
+/// How many state writes a steady stream of changes causes with the default
+/// `persist_interval` (5 s), and how large each is. Not run by default (it takes
+/// `STATE_MEASURE_SECS`, 120 by default); re-run with
+/// `cargo test --test state_file -- --ignored --nocapture measure`. The README's figures come
+/// from here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of a few minutes; see the README's state file section"]
+async fn measure_state_writes_per_hour() {
+    let secs: u64 = std::env::var("STATE_MEASURE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let (slow, fast) = tokio::join!(measure(1, secs), measure(20, secs));
+    for (rate, line) in [(1, slow), (20, fast)] {
+        eprintln!("{rate} change(s)/s: {line}");
+    }
+}
+
+/// Runs a relay with 1000 items of ~1 KB, sends `rate` updates a second for `secs`, then
+/// nothing for 3 intervals; returns a summary line.
+async fn measure(rate: u64, secs: u64) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(dir.path(), "5s");
+    for batch in 0..20 {
+        let keys: Vec<u64> = (batch * 50 + 1..=batch * 50 + 50).collect();
+        assert_eq!(try_post(relay.addr, &create(&keys)).await, Some(202));
+    }
+    // Let the load be saved, then count from a quiet start.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let writes_before = relay.metric("relay_state_writes_total").await;
+    let bytes_before = relay.metric("relay_state_write_bytes_total").await;
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        n += 1;
+        let update = json!({"event": "screens.items.update", "collection": "screens",
+            "keys": [n % 1000 + 1], "payload": {"n": n}})
+        .to_string();
+        assert_eq!(try_post(relay.addr, &update).await, Some(202));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let writes = relay.metric("relay_state_writes_total").await - writes_before;
+    let bytes = relay.metric("relay_state_write_bytes_total").await - bytes_before;
+    // Nothing changes: nothing is written (after the write of the last changes).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let settled = relay.metric("relay_state_writes_total").await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let idle = relay.metric("relay_state_writes_total").await - settled;
+    let last = relay.metric("relay_state_last_write_seconds").await;
+    relay.terminate();
+    let per_hour = writes as f64 * 3600.0 / elapsed;
+    assert!(
+        per_hour <= 3600.0 / 5.0 + 3600.0 / elapsed,
+        "{per_hour} writes/h"
+    );
+    assert_eq!(idle, 0, "writes while nothing changed");
+    format!(
+        "{n} changes in {elapsed:.0} s: {writes} writes ({per_hour:.0}/h), {} bytes/write, {:.1} MB/h; 0 writes in 15 s idle; last write took {last} s (rounded down)",
+        bytes / writes.max(1),
+        bytes as f64 * 3600.0 / elapsed / 1e6
+    )
+}
