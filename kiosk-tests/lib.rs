@@ -327,6 +327,11 @@ impl Kiosk {
         ack
     }
 
+    /// What has arrived and not been read yet, without waiting.
+    pub fn try_next(&mut self) -> Option<Received> {
+        self.stash.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
     /// Asserts nothing more arrives within `wait`.
     pub async fn assert_quiet(&mut self, wait: Duration) {
         if let Some(r) = self.stash.pop_front() {

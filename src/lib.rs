@@ -94,6 +94,7 @@ pub async fn run_with_reload(
         saved,
         writer: Some(hub::state::Writer::spawn(
             config.state_dir.clone(),
+            metrics.clone(),
             &tracker,
         )),
     };
@@ -195,6 +196,7 @@ mod tests {
             cursor,
             saved_at: String::new(),
             saved_unix: metrics::unix_now() - age_secs,
+            clean: true,
             mirror: Default::default(),
         }
     }

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EventLabels {
@@ -68,6 +69,15 @@ pub struct Metrics {
     pub last_caught_up: Gauge,
     /// Unix time of the last event emitted to kiosks.
     pub last_change: Gauge,
+    /// State file writes, and the bytes written (what an SD card sees).
+    pub state_writes: Counter,
+    pub state_write_bytes: Counter,
+    /// State file writes that failed.
+    pub state_write_failures: Counter,
+    /// How long the last state file write took, fsyncs included.
+    pub state_last_write: Gauge<f64, AtomicU64>,
+    /// Unix time of the last state file write.
+    pub state_last_write_time: Gauge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -100,6 +110,11 @@ impl Metrics {
             activity_cursor: Gauge::default(),
             last_caught_up: Gauge::default(),
             last_change: Gauge::default(),
+            state_writes: Counter::default(),
+            state_write_bytes: Counter::default(),
+            state_write_failures: Counter::default(),
+            state_last_write: Gauge::default(),
+            state_last_write_time: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -202,6 +217,31 @@ impl Metrics {
             "last_change_timestamp_seconds",
             "Unix time of the last event emitted to kiosks",
             m.last_change.clone(),
+        );
+        registry.register(
+            "state_writes",
+            "State file writes (debounced by persist_interval, plus start-up and shutdown)",
+            m.state_writes.clone(),
+        );
+        registry.register(
+            "state_write_bytes",
+            "Bytes written to the state file",
+            m.state_write_bytes.clone(),
+        );
+        registry.register(
+            "state_write_failures",
+            "State file writes that failed",
+            m.state_write_failures.clone(),
+        );
+        registry.register(
+            "state_last_write_seconds",
+            "How long the last state file write took, fsyncs included",
+            m.state_last_write.clone(),
+        );
+        registry.register(
+            "state_last_write_timestamp_seconds",
+            "Unix time of the last state file write",
+            m.state_last_write_time.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -482,10 +482,25 @@ async fn a_restart_without_uplink_serves_the_saved_content_then_catches_up() {
     s.fake
         .update("screens", "1", json!({"name": "Lobby (renamed)"}));
     s.fake.down();
+    let saved_at = saved_time(&state_dir);
+    let relay = Relay::start_in(&s.config, state_dir.clone(), "127.0.0.1:0").await;
+    let mut kiosk = Kiosk::connect(&relay).await;
+    let status = kiosk.expect("relay.status").await;
+    assert_eq!(status["upstream"], "offline", "{status}");
+    assert_eq!(
+        status["since"], saved_at,
+        "the content's time, not the start's"
+    );
+
+    // Restarting again while still offline keeps telling the content's real time.
+    kiosk.disconnect().await;
+    relay.stop().await;
+    assert_eq!(saved_time(&state_dir), saved_at);
     let relay = Relay::start_in(&s.config, state_dir, "127.0.0.1:0").await;
     let mut kiosk = Kiosk::connect(&relay).await;
     let status = kiosk.expect("relay.status").await;
     assert_eq!(status["upstream"], "offline", "{status}");
+    assert_eq!(status["since"], saved_at, "{status}");
     let ack = kiosk
         .subscribe(json!({"collections": ["screens", "channels"]}))
         .await;
@@ -522,6 +537,12 @@ async fn a_restart_without_uplink_serves_the_saved_content_then_catches_up() {
     );
     relay.stop().await;
     s.fake.stop();
+}
+
+/// The time the state file says its content is from.
+fn saved_time(state_dir: &tempfile::TempDir) -> Value {
+    let saved = directus_relay::hub::state::load(state_dir.path()).expect("a saved state");
+    Value::String(saved.saved_at)
 }
 
 /// Without read on directus_activity the relay says so and reloads collections instead: changes,

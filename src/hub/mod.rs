@@ -369,6 +369,9 @@ struct Hub {
     upstream: (Upstream, String),
     status_tx: Arc<watch::Sender<HubStatus>>,
     cursor: Option<u64>,
+    /// When the content was last known current (RFC 3339, Unix seconds): saved with it, so a
+    /// relay that restarts without an uplink tells kiosks the content's real age.
+    known_current: (String, i64),
     /// Something worth saving changed since the last save.
     dirty: bool,
     writer: Option<state::Writer>,
@@ -398,19 +401,19 @@ impl Hub {
             metrics,
             status_tx,
             cursor: None,
+            known_current: (now_rfc3339(), metrics::unix_now()),
             dirty: false,
             writer: None,
         }
     }
 
-    /// Takes up where a previous run left off: same epoch and seq (kiosks resume or get a
-    /// snapshot of the same content), the mirror as it was, and the content's time.
+    /// Takes up where a previous run left off: the mirror as it was, the cursor, and the
+    /// content's time. The epoch and seq continue only after a clean shutdown; otherwise events
+    /// sent after the last save may be lost from the file, and reusing their seqs would make
+    /// resuming kiosks skip new events, so kiosks start over with a snapshot in a new epoch.
     fn restore(&mut self, saved: state::Saved) {
-        self.epoch = saved.epoch;
-        self.seq = saved.seq;
         self.cursor = saved.cursor;
-        let limits = &self.config.limits;
-        self.ring = ReplayRing::new(limits.replay_events, limits.replay_bytes, self.seq);
+        self.known_current = (saved.saved_at.clone(), saved.saved_unix);
         for (collection, items) in saved.mirror {
             if self.config.collection(&collection).is_none() {
                 continue;
@@ -421,6 +424,18 @@ impl Hub {
             }
             self.note_mirror(&collection);
         }
+        if saved.clean {
+            self.epoch = saved.epoch;
+            self.seq = saved.seq;
+            self.claim_epoch();
+        } else {
+            info!(
+                saved_at = saved.saved_at,
+                "the relay did not stop cleanly last time (crash, kill or power cut): the saved content is served, but screens reload it instead of resuming, since changes sent after the last save may be missing from it"
+            );
+        }
+        let limits = &self.config.limits;
+        self.ring = ReplayRing::new(limits.replay_events, limits.replay_bytes, self.seq);
         // Until upstream says otherwise, kiosks are told the content is from the last save.
         let state = if self.config.directus.is_some() {
             Upstream::Offline
@@ -431,13 +446,31 @@ impl Hub {
         self.metrics.seq.set(self.seq as i64);
     }
 
+    /// Marks the state file as not clean before the first event of a continued epoch, so a
+    /// crash from now on starts a new epoch. When that cannot be written, the epoch is not
+    /// continued: the file would still say clean with a seq kiosks are about to pass.
+    fn claim_epoch(&mut self) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let written = self
+            .serialise(false)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| writer.write_now(&bytes));
+        if let Err(e) = written {
+            warn!(%e, "cannot write the state file: screens reload the content instead of resuming");
+            self.epoch = crate::random_hex(8);
+            self.seq = 0;
+        }
+    }
+
     /// Offers the current state to the writer when it changed.
     fn save_if_dirty(&mut self) {
         if !self.dirty {
             return;
         }
         if let Some(writer) = &self.writer {
-            match self.serialise() {
+            match self.serialise(false) {
                 Ok(bytes) => writer.offer(bytes),
                 Err(e) => warn!(%e, "cannot serialise the state"),
             }
@@ -445,14 +478,20 @@ impl Hub {
         self.dirty = false;
     }
 
-    fn serialise(&self) -> serde_json::Result<Vec<u8>> {
+    /// The state file's contents; `clean` only for the last write, after the last event.
+    fn serialise(&self, clean: bool) -> serde_json::Result<Vec<u8>> {
+        let (saved_at, saved_unix) = match self.upstream.0 {
+            Upstream::Live => (now_rfc3339(), crate::metrics::unix_now()),
+            Upstream::CatchingUp | Upstream::Offline => self.known_current.clone(),
+        };
         serde_json::to_vec(&state::SavedRef {
             version: state::VERSION,
             epoch: &self.epoch,
             seq: self.seq,
             cursor: self.cursor,
-            saved_at: now_rfc3339(),
-            saved_unix: crate::metrics::unix_now(),
+            saved_at,
+            saved_unix,
+            clean,
             mirror: &self.mirror,
         })
     }
@@ -499,9 +538,11 @@ impl Hub {
         while let Ok(command) = rx.try_recv() {
             self.handle(command);
         }
-        if let Some(writer) = &self.writer {
-            match self.serialise() {
-                Ok(bytes) => writer.write_now(&bytes),
+        // Nothing is emitted after this: the last write holds the last seq, and says so. The
+        // writer task writes it after any write in progress and ends; the tracker waits for it.
+        if let Some(writer) = self.writer.take() {
+            match self.serialise(true) {
+                Ok(bytes) => writer.offer(bytes),
                 Err(e) => warn!(%e, "cannot serialise the state"),
             }
         }
@@ -751,14 +792,22 @@ impl Hub {
             return;
         }
         info!(upstream = state.as_str(), "upstream state changed");
-        self.upstream = (state, now_rfc3339());
+        if self.upstream.0 == Upstream::Live {
+            self.known_current = (now_rfc3339(), metrics::unix_now());
+        }
+        // Offline, kiosks show how old their content is: when it was last known current.
+        let since = match state {
+            Upstream::Offline => self.known_current.0.clone(),
+            Upstream::Live | Upstream::CatchingUp => now_rfc3339(),
+        };
+        self.upstream = (state, since);
         self.note_upstream();
         if state == Upstream::Offline {
             self.metrics.upstream_outages.inc();
         }
         self.publish_status();
         let status = self.status();
-        for socket in self.io.sockets() {
+        for socket in self.kiosks(None) {
             if let Err(e) = socket.emit("relay.status", &status) {
                 self.send_failed(&socket, e);
             }
@@ -888,7 +937,10 @@ impl Hub {
     /// Queues `event` to every kiosk in `rooms`, encoded once for all of them. A kiosk whose
     /// queue is full is cut off first, so no kiosk silently misses an event.
     fn broadcast(&self, rooms: Vec<String>, event: &Event) {
-        let sockets = self.io.to(rooms.clone()).sockets();
+        let Some(ns) = self.io.of("/") else {
+            return;
+        };
+        let sockets = ns.clone().to(rooms.clone()).sockets();
         if sockets.is_empty() {
             return;
         }
@@ -899,8 +951,7 @@ impl Hub {
                 receivers -= 1;
             }
         }
-        let sent = self
-            .io
+        let sent = ns
             .to(rooms)
             .emit(event.name.as_str(), &*event.body)
             .now_or_never();
@@ -920,6 +971,19 @@ impl Hub {
             ),
         }
         self.metrics.deliveries.inc_by(receivers as u64);
+    }
+
+    /// The kiosks in `rooms` (all when `None`). None once the Socket.IO server is closed at
+    /// shutdown: socketioxide's `io.to`/`io.sockets` panic then, and the hub still applies the
+    /// changes accepted during the grace period before its last save.
+    fn kiosks(&self, rooms: Option<Vec<String>>) -> Vec<SocketRef> {
+        let Some(ns) = self.io.of("/") else {
+            return Vec::new();
+        };
+        match rooms {
+            Some(rooms) => ns.to(rooms).sockets(),
+            None => ns.sockets(),
+        }
     }
 
     /// Sends one event to one kiosk (a replay).
@@ -994,7 +1058,15 @@ impl Hub {
     }
 
     fn subscribe(&mut self, socket: SocketRef, request: SubscribeRequest, ack: AckSender) {
-        if socket.extensions.get::<CutOff>().is_some() || !socket.connected() {
+        // socketioxide sends the connect packet before it marks the socket connected, so a
+        // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
+        let gone = !socket.connected()
+            && self
+                .io
+                .of("/")
+                .and_then(|ns| ns.get_socket(socket.id))
+                .is_none();
+        if socket.extensions.get::<CutOff>().is_some() || gone {
             return;
         }
         let targets = match self.targets(&socket, &request) {
@@ -1479,5 +1551,182 @@ mod tests {
             ));
         }
         hub
+    }
+
+    /// Changes accepted during the shutdown grace period reach the hub after the Socket.IO
+    /// server is closed: they are still applied (and saved), nothing panics.
+    #[test]
+    fn changes_after_the_socket_io_server_closed_are_still_applied() {
+        let mut hub = hub("");
+        hub.io.delete_ns("/");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({})),
+        ));
+        hub.set_upstream(Upstream::Offline);
+        assert_eq!(hub.seq, 1);
+        assert_eq!(hub.mirror.len("screens"), 1);
+    }
+
+    fn saved_from(hub: &Hub, clean: bool) -> state::Saved {
+        let bytes = hub.serialise(clean).expect("serialise");
+        serde_json::from_slice(&bytes).expect("the loader reads what the hub writes")
+    }
+
+    fn hub_with_two_screens() -> Hub {
+        let mut hub = hub("");
+        for key in 1..=2 {
+            hub.apply(change(
+                "screens",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({"n": key})),
+            ));
+        }
+        hub.cursor = Some(42);
+        hub
+    }
+
+    #[test]
+    fn a_clean_shutdown_continues_the_epoch() {
+        let before = hub_with_two_screens();
+        let mut after = hub("");
+        after.restore(saved_from(&before, true));
+        assert_eq!(
+            (after.epoch.as_str(), after.seq),
+            (before.epoch.as_str(), 2)
+        );
+        assert_eq!(after.cursor, Some(42));
+        assert_eq!(after.mirror.len("screens"), 2);
+        let screens = [Target {
+            collection: "screens".into(),
+            room: None,
+        }];
+        let resume = request(&["screens"], Some((&before.epoch, 2)));
+        assert_eq!(
+            after.replay_for(&resume, &screens).map(|e| e.len()),
+            Some(0)
+        );
+        after.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(3)],
+            Some(json!({})),
+        ));
+        assert_eq!(after.seq, 3, "seq continues");
+    }
+
+    /// A state written while running may lag behind what kiosks were sent: restoring it keeps
+    /// the content and cursor but starts a new epoch, so no seq is handed out twice.
+    #[test]
+    fn a_state_not_written_at_shutdown_starts_a_new_epoch() {
+        let before = hub_with_two_screens();
+        let saved = saved_from(&before, false);
+        assert!(!saved.clean);
+        let mut after = hub("");
+        after.restore(saved);
+        assert_ne!(after.epoch, before.epoch);
+        assert_eq!(after.seq, 0);
+        assert_eq!(after.cursor, Some(42), "the cursor is kept");
+        assert_eq!(after.mirror.len("screens"), 2, "the content is kept");
+        let screens = [Target {
+            collection: "screens".into(),
+            room: None,
+        }];
+        let resume = request(&["screens"], Some((&before.epoch, 2)));
+        assert!(
+            after.replay_for(&resume, &screens).is_none(),
+            "a kiosk of the old epoch gets a snapshot"
+        );
+        after.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(3)],
+            Some(json!({})),
+        ));
+        assert_eq!(after.seq, 1);
+
+        // Files from before the field existed count as not clean.
+        let mut old: Value =
+            serde_json::from_slice(&before.serialise(true).expect("serialise")).expect("json");
+        old.as_object_mut().expect("object").remove("clean");
+        let old: state::Saved = serde_json::from_value(old).expect("an old file still loads");
+        assert!(!old.clean);
+        let mut after = hub("");
+        after.restore(old);
+        assert_ne!(after.epoch, before.epoch);
+        assert_eq!(after.mirror.len("screens"), 2);
+    }
+
+    /// Continuing an epoch first marks the file on disk as not clean, so a crash later in this
+    /// run cannot continue it again; if that write fails, the epoch is not continued.
+    #[tokio::test]
+    async fn a_continued_epoch_is_marked_unclean_on_disk_before_anything_is_sent() {
+        let before = hub_with_two_screens();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::new());
+        let writer = state::Writer::spawn(dir.path().to_owned(), metrics.clone(), &tracker);
+        let mut after = hub("");
+        after.writer = Some(writer);
+        after.restore(saved_from(&before, true));
+        assert_eq!(after.epoch, before.epoch);
+        let on_disk = state::load(dir.path()).expect("written at once");
+        assert!(!on_disk.clean);
+        assert_eq!(
+            (on_disk.epoch.as_str(), on_disk.seq),
+            (before.epoch.as_str(), 2)
+        );
+        assert_eq!(metrics.state_writes.get(), 1);
+        // The relay is killed now: the next start does not continue the epoch.
+        let mut next = hub("");
+        next.restore(on_disk);
+        assert_ne!(next.epoch, before.epoch);
+
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"").expect("write");
+        let mut unwritable = hub("");
+        unwritable.writer = Some(state::Writer::spawn(not_a_dir, metrics.clone(), &tracker));
+        unwritable.restore(saved_from(&before, true));
+        assert_ne!(unwritable.epoch, before.epoch);
+        assert_eq!(unwritable.seq, 0);
+        assert_eq!(unwritable.mirror.len("screens"), 2);
+        assert_eq!(metrics.state_write_failures.get(), 1);
+    }
+
+    /// While Directus is away the file keeps the time the content was last known current, so
+    /// restarts without an uplink keep telling kiosks the content's real age.
+    #[test]
+    fn the_saved_time_is_when_the_content_was_last_current() {
+        let mut hub =
+            hub("[directus]\nurl = \"https://cms.example.com\"\ntoken = \"0123456789abcdef\"");
+        let mut saved = saved_from(&hub_with_two_screens(), true);
+        saved.saved_at = "2026-11-28T17:00:00.000Z".into();
+        saved.saved_unix = 1_795_885_200;
+        hub.restore(saved);
+        assert_eq!(hub.status()["upstream"], "offline");
+        assert_eq!(hub.status()["since"], "2026-11-28T17:00:00.000Z");
+        let again = saved_from(&hub, true);
+        assert_eq!(
+            (again.saved_at.as_str(), again.saved_unix),
+            ("2026-11-28T17:00:00.000Z", 1_795_885_200)
+        );
+        hub.set_upstream(Upstream::CatchingUp);
+        assert_eq!(saved_from(&hub, true).saved_unix, 1_795_885_200);
+        hub.set_upstream(Upstream::Offline);
+        assert_eq!(
+            hub.status()["since"],
+            "2026-11-28T17:00:00.000Z",
+            "a failed catch-up does not make the content newer"
+        );
+        hub.set_upstream(Upstream::Live);
+        let live = saved_from(&hub, true);
+        assert!(live.saved_unix >= metrics::unix_now() - 60, "live: now");
+        hub.set_upstream(Upstream::Offline);
+        let offline = saved_from(&hub, true);
+        assert!(offline.saved_unix >= live.saved_unix);
+        assert_ne!(offline.saved_at, "2026-11-28T17:00:00.000Z");
     }
 }

@@ -4,12 +4,17 @@
 //! Written atomically (temporary file, fsync, rename, fsync of the folder) by a writer task,
 //! at most once per `persist_interval` while something changed, and once more on shutdown. A
 //! file that cannot be read back is reported and set aside, never fatal.
+//!
+//! Only the shutdown write is marked `clean`: it holds the last seq kiosks were sent. A debounced
+//! write may be older than what kiosks already have, so after a crash or power cut the relay
+//! keeps the content but starts a new epoch (see `Hub::restore`).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,8 +22,13 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
+
 /// The state file's name inside `state_dir`.
 pub const FILE_NAME: &str = "state.json";
+
+/// The temporary file a write goes to before it is renamed over [`FILE_NAME`].
+pub const TMP_NAME: &str = "state.json.tmp";
 
 /// The layout version written into the file.
 pub const VERSION: u32 = 1;
@@ -34,6 +44,10 @@ pub struct Saved {
     /// When the content was last known current (RFC 3339, and as Unix seconds).
     pub saved_at: String,
     pub saved_unix: i64,
+    /// Written at a clean shutdown, after the last event: `seq` is the last seq any kiosk was
+    /// sent. Files written while running, and older files without the field, are not.
+    #[serde(default)]
+    pub clean: bool,
     /// Mirrored records per collection and key.
     pub mirror: BTreeMap<String, BTreeMap<String, Value>>,
 }
@@ -47,6 +61,7 @@ pub struct SavedRef<'a> {
     pub cursor: Option<u64>,
     pub saved_at: String,
     pub saved_unix: i64,
+    pub clean: bool,
     pub mirror: &'a super::mirror::Mirror,
 }
 
@@ -92,7 +107,7 @@ pub fn load(dir: &Path) -> Option<Saved> {
 /// of the folder. A crash at any point leaves the old file or the new one, never a mix.
 pub fn write_atomic(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = dir.join(TMP_NAME);
     {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -103,26 +118,37 @@ pub fn write_atomic(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The writer task's end: the hub offers serialised states; only the newest is written.
+/// The writer task's end: the hub offers serialised states; only the newest is written. One
+/// task does every write, so two writes never share the temporary file.
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: Arc<watch::Sender<Option<Arc<Vec<u8>>>>>,
     dir: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    /// Starts the writer task for `dir` on `tracker`. It ends when the writer is dropped.
-    pub fn spawn(dir: PathBuf, tracker: &TaskTracker) -> Writer {
+    /// Starts the writer task for `dir` on `tracker`. It ends when every handle is dropped,
+    /// after writing the last state offered.
+    pub fn spawn(dir: PathBuf, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Writer {
+        // The temporary file is the writer's own; one left by a crash is never read, and goes.
+        let tmp = dir.join(TMP_NAME);
+        if fs::remove_file(&tmp).is_ok() {
+            info!(path = %tmp.display(), "removed a state file left half-written by a crash");
+        }
         let (tx, mut rx) = watch::channel::<Option<Arc<Vec<u8>>>>(None);
-        let task_dir = dir.clone();
+        let (task_dir, task_metrics) = (dir.clone(), metrics.clone());
         tracker.spawn(async move {
             let mut failing = false;
+            // `changed` still reports a value offered just before the last handle was dropped.
             while rx.changed().await.is_ok() {
                 let Some(bytes) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let dir = task_dir.clone();
-                let result = tokio::task::spawn_blocking(move || write_atomic(&dir, &bytes)).await;
+                let (dir, metrics) = (task_dir.clone(), task_metrics.clone());
+                let result =
+                    tokio::task::spawn_blocking(move || write_counted(&dir, &metrics, &bytes))
+                        .await;
                 match result {
                     Ok(Ok(())) => {
                         if failing {
@@ -144,6 +170,7 @@ impl Writer {
         Writer {
             tx: Arc::new(tx),
             dir,
+            metrics,
         }
     }
 
@@ -152,12 +179,33 @@ impl Writer {
         self.tx.send_replace(Some(Arc::new(bytes)));
     }
 
-    /// Writes at once, on the caller's thread (at shutdown).
-    pub fn write_now(&self, bytes: &[u8]) {
-        if let Err(e) = write_atomic(&self.dir, bytes) {
-            warn!(dir = %self.dir.display(), %e, "cannot write the state file at shutdown");
+    /// Writes at once, on the caller's thread. Only before anything was offered (at start-up),
+    /// so it cannot race the writer task.
+    pub fn write_now(&self, bytes: &[u8]) -> std::io::Result<()> {
+        write_counted(&self.dir, &self.metrics, bytes)
+    }
+}
+
+/// [`write_atomic`], counted in the `relay_state_*` metrics.
+fn write_counted(dir: &Path, metrics: &Metrics, bytes: &[u8]) -> std::io::Result<()> {
+    let started = Instant::now();
+    let result = write_atomic(dir, bytes);
+    match &result {
+        Ok(()) => {
+            metrics.state_writes.inc();
+            metrics.state_write_bytes.inc_by(bytes.len() as u64);
+            metrics
+                .state_last_write
+                .set(started.elapsed().as_secs_f64());
+            metrics
+                .state_last_write_time
+                .set(crate::metrics::unix_now());
+        }
+        Err(_) => {
+            metrics.state_write_failures.inc();
         }
     }
+    result
 }
 
 #[cfg(test)]
@@ -173,6 +221,7 @@ mod tests {
             cursor: Some(7),
             saved_at: "2026-11-28T17:00:00.000Z".into(),
             saved_unix: 1_795_885_200,
+            clean: true,
             mirror: [(
                 "screens".to_string(),
                 [("1".to_string(), json!({"id": 1}))].into(),
