@@ -349,7 +349,7 @@ mod defaults {
         10_000
     }
     pub fn mirror_bytes() -> usize {
-        32 << 20
+        16 << 20
     }
     pub fn webhook_body_bytes() -> usize {
         1 << 20
@@ -358,7 +358,7 @@ mod defaults {
         256
     }
     pub fn max_clients() -> usize {
-        1000
+        500
     }
     pub fn max_message_bytes() -> usize {
         64 << 10
