@@ -68,6 +68,39 @@ pub struct Config {
     /// HTTPS and WSS on `listen`. Absent: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How the relay writes its log (to stderr; systemd's journal takes it from there).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text`: one line per record, without a timestamp under systemd (the journal adds one);
+    /// `json`: one JSON object per line, for log collectors.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// What to log, as a `RUST_LOG` filter (`info`, `debug`, `directus_relay::hub=debug`);
+    /// `RUST_LOG` itself wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Who may connect as a kiosk, and what each may read.
@@ -366,6 +399,9 @@ mod defaults {
     pub fn max_event_bytes() -> usize {
         256 << 10
     }
+    pub fn log_level() -> String {
+        "info".into()
+    }
     pub fn all_collections() -> Vec<String> {
         vec!["*".into()]
     }
@@ -610,6 +646,15 @@ impl Config {
             }
         }
         self.validate_clients()?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter such as \"info\" or \"directus_relay=debug\": {e}",
+                    self.log.level
+                ),
+            ));
+        }
         let l = &self.limits;
         let minimums: [(&str, usize, usize); 10] = [
             ("limits.max_clients", l.max_clients, 1),
@@ -764,6 +809,7 @@ impl Default for Config {
             clients: ClientsConfig::default(),
             limits: Limits::default(),
             tls: None,
+            log: LogConfig::default(),
         }
     }
 }

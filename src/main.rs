@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_tracing();
+    init_tracing(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -292,17 +292,24 @@ async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
 
 /// Logs to stderr: plain when under systemd's journal (which adds its own timestamps),
 /// coloured on a terminal.
-fn init_tracing() {
+/// Logs to stderr as `log.format` says; `RUST_LOG` overrides `log.level`. Text under systemd
+/// has no timestamp (the journal adds one) and no colours.
+fn init_tracing(log: &config::LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => {
+            let builder = builder.with_ansi(std::io::stderr().is_terminal());
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                builder.without_time().init();
+            } else {
+                builder.init();
+            }
+        }
     }
 }
 

@@ -512,3 +512,44 @@ fn an_unusable_certificate_is_a_config_error() {
         }
     }
 }
+
+/// `log.format = "json"`: every stderr line is one JSON object with the level, the message and
+/// its fields; `log.level` chooses what is logged when `RUST_LOG` is unset.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\nclients.allow_anonymous = true\n[webhook]\nsecret = \"{SECRET}\"\n[log]\nformat = \"json\"\nlevel = \"warn,directus_relay=info\""
+        ),
+    );
+    let mut command = relay();
+    command.arg("--config").arg(&path).env_remove("RUST_LOG");
+    let mut running = Running::spawn(command);
+    let line = running.wait_for("relay listening");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(record["level"], "INFO", "{line}");
+    assert_eq!(record["fields"]["message"], "relay listening", "{line}");
+    let addr: SocketAddr = record["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .expect("socket address");
+    assert_eq!(
+        post_hook(addr, Some("a-wrong-secret-0123"), CREATE).await.0,
+        401
+    );
+    let line = running.wait_for("webhook refused");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(record["level"], "WARN", "{line}");
+    assert!(running.terminate().success());
+    for line in running
+        .seen
+        .iter()
+        .chain(running.lines.try_iter().collect::<Vec<_>>().iter())
+    {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
