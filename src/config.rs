@@ -27,6 +27,9 @@ pub const DIRECTUS_PASSWORD_CREDENTIAL: &str = "directus_password";
 /// Shortest webhook secret or kiosk token accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Credential name of the status page's admin token.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "admin_token";
+
 /// The name of the kiosk token generated when the relay starts without a config file.
 pub const GENERATED_TOKEN_NAME: &str = "generated";
 
@@ -35,7 +38,14 @@ pub const GENERATED_TOKEN_NAME: &str = "generated";
 pub const KIOSK_TOKEN_CREDENTIAL_PREFIX: &str = "kiosk_token_";
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
-const RESERVED_PATHS: [&str; 4] = ["/socket.io", "/healthz", "/readyz", "/metrics"];
+const RESERVED_PATHS: [&str; 6] = [
+    "/socket.io",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/status",
+    "/status.json",
+];
 
 /// The whole configuration, as read from the file and the environment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +80,20 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Who may read the status page's data (`/status.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Sent as `Authorization: Bearer …`. Absent: the status is open to anyone who can reach
+    /// the relay (it holds no secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// How the relay writes its log (to stderr; systemd's journal takes it from there).
@@ -198,6 +222,16 @@ pub enum Mode {
     Webhook,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Websocket => "websocket",
+            Mode::Poll => "poll",
+            Mode::Webhook => "webhook",
+        }
+    }
+}
+
 /// The Directus server the relay reads from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,6 +354,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The worst-case memory of a relay with these limits: the README's memory budget
+    /// ("The memory budget"), with the per-kiosk figures measured there.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        const MIB: u64 = 1 << 20;
+        const KIOSK: u64 = (30 + 140) << 10;
+        8 * MIB
+            + KIOSK * self.max_clients as u64
+            + 3 * self.mirror_bytes as u64
+            + self.replay_bytes as u64
+            + (self.kiosk_queue * self.max_event_bytes) as u64
+            + 3 * crate::upstream::directus::MAX_RESPONSE_BYTES as u64
+    }
+
     /// The most events replayed to one subscribing kiosk; more missed events get a snapshot.
     /// Half the kiosk queue, so that the ack and the replay always fit into it.
     pub fn max_replay_per_subscribe(&self) -> usize {
@@ -514,6 +561,13 @@ impl Config {
                 DIRECTUS_PASSWORD_CREDENTIAL,
             )?;
         }
+        self.admin.token = resolve_secret(
+            "admin.token",
+            self.admin.token.take(),
+            self.admin.token_file.as_deref(),
+            credentials_dir,
+            ADMIN_TOKEN_CREDENTIAL,
+        )?;
         for (i, t) in self.clients.tokens.iter_mut().enumerate() {
             t.token = resolve_secret(
                 &format!("clients.tokens[{i}].token"),
@@ -646,6 +700,17 @@ impl Config {
             }
         }
         self.validate_clients()?;
+        if let Some(token) = &self.admin.token
+            && token.expose().len() < MIN_SECRET_LEN
+        {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
+                    token.expose().len()
+                ),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -810,6 +875,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: None,
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

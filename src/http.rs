@@ -33,6 +33,36 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The status page: one file, no external resources; it polls `/status.json`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the status page shows. With `[admin] token`, only for `Authorization: Bearer <token>`.
+fn status_json(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+    if let Some(token) = &state.config.admin.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !token.matches(given.as_bytes()) {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({ "error": "this relay's status needs its admin token ([admin] token)" }),
+            );
+        }
+    }
+    let status = state
+        .metrics
+        .board
+        .render(&state.config, &state.hub.status());
+    with_header(
+        json_response(StatusCode::OK, &status),
+        header::CACHE_CONTROL,
+        "no-store",
+    )
+}
+
 /// What the HTTP handlers need.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -129,6 +159,16 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
+        (&Method::GET | &Method::HEAD, "/" | "/status") => with_header(
+            with_header(
+                Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes()))),
+                header::CONTENT_TYPE,
+                "text/html; charset=utf-8",
+            ),
+            header::CACHE_CONTROL,
+            "no-store",
+        ),
+        (&Method::GET, "/status.json") => status_json(&req, state),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -22,6 +22,7 @@ pub mod downstream;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod status;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;

@@ -30,6 +30,8 @@ pub struct CollectionLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// What the status page shows: recent events and refusals, the mirror, the rooms.
+    pub board: crate::status::Board,
     /// Kiosks connected right now.
     pub kiosks_connected: Gauge,
     /// Kiosks refused, by reason (`full`, `no-token`, `bad-token`).
@@ -116,6 +118,7 @@ impl Metrics {
             state_last_write: Gauge::default(),
             state_last_write_time: Gauge::default(),
             registry: Registry::default(),
+            board: crate::status::Board::default(),
         };
         registry.register(
             "kiosks_connected",

@@ -246,3 +246,92 @@ async fn raw_full(addr: std::net::SocketAddr, head: &str) -> String {
     .ok();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The status page and its data: the last change, the refused webhook with its reason, the
+/// mirror, memory against the budget; never a secret.
+#[tokio::test]
+async fn the_status_page_shows_changes_refusals_and_memory() {
+    let (addr, shutdown, task) = start().await;
+    let (status, page) = get(addr, "/status").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<title>directus-relay status</title>"),
+        "{page}"
+    );
+    assert_eq!(get(addr, "/").await, (200, page));
+
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 202);
+    assert_eq!(
+        post_hook(addr, Some("not-the-secret-0123456"), CREATE)
+            .await
+            .0,
+        401
+    );
+    // The hub refreshes the mirror and the rooms every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (body, s) = loop {
+        let (status, body) = get(addr, "/status.json").await;
+        assert_eq!(status, 200, "{body}");
+        let s: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if s["mirror"][0]["items"] == 1 || std::time::Instant::now() > deadline {
+            break (body, s);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        !body.contains(SECRET) && !body.contains("not-the-secret"),
+        "{body}"
+    );
+    assert_eq!(s["upstream"]["state"], "live", "{s}");
+    assert_eq!(s["seq"], 1);
+    assert_eq!(s["events_per_minute"], 1);
+    let event = &s["events"][0];
+    assert_eq!(
+        (&event["collection"], &event["action"], &event["keys"]),
+        (
+            &"screens".into(),
+            &"create".into(),
+            &serde_json::json!(["1"])
+        )
+    );
+    let reject = &s["rejects"][0];
+    assert_eq!(
+        (&reject["status"], &reject["reason"]),
+        (&401.into(), &"bad-secret".into())
+    );
+    assert_eq!(s["mirror"][0]["collection"], "screens");
+    assert_eq!(s["mirror"][0]["items"], 1);
+    assert_eq!(s["kiosks"]["connected"], 0);
+    let rss = s["memory"]["rss_bytes"].as_u64().expect("RSS");
+    let budget = s["memory"]["budget_bytes"].as_u64().expect("budget");
+    assert!(rss > 1 << 20 && rss < budget, "{rss} of {budget}");
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+/// With `[admin] token`, the status data needs it; the page itself holds no data.
+#[tokio::test]
+async fn the_status_needs_the_admin_token_when_there_is_one() {
+    let (addr, shutdown, task) = start_with("[admin]\ntoken = \"admin-token-0123456789\"").await;
+    let (status, body) = get(addr, "/status.json").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("needs its admin token"), "{body}");
+    let wrong = raw(
+        addr,
+        "GET /status.json HTTP/1.1\r\nAuthorization: Bearer admin-token-012345678",
+        b"",
+    )
+    .await;
+    assert_eq!(wrong.0, 401);
+    let right = raw(
+        addr,
+        "GET /status.json HTTP/1.1\r\nAuthorization: Bearer admin-token-0123456789",
+        b"",
+    )
+    .await;
+    assert_eq!(right.0, 200, "{}", right.1);
+    assert!(!right.1.contains("admin-token"), "{}", right.1);
+    assert_eq!(get(addr, "/status").await.0, 200);
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}

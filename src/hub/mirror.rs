@@ -170,6 +170,22 @@ impl Mirror {
     pub fn collections(&self) -> impl Iterator<Item = &str> {
         self.collections.keys().map(String::as_str)
     }
+
+    /// Items and bytes per collection, for the status page.
+    pub fn stats(&self) -> Vec<crate::status::MirrorNote> {
+        let mut stats: Vec<_> = self
+            .collections
+            .iter()
+            .map(|(name, c)| crate::status::MirrorNote {
+                collection: name.clone(),
+                items: c.items.len(),
+                bytes: c.bytes,
+                overflow: c.overflow.map(Overflow::describe),
+            })
+            .collect();
+        stats.sort_by(|a, b| a.collection.cmp(&b.collection));
+        stats
+    }
 }
 
 /// What a record counts for against the byte bound: its JSON text plus the key.

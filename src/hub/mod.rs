@@ -528,7 +528,10 @@ impl Hub {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                _ = tick.tick() => self.publish_status(),
+                _ = tick.tick() => {
+                    self.publish_status();
+                    self.publish_board();
+                }
                 _ = persist.tick() => self.save_if_dirty(),
             }
             liveness.beat();
@@ -862,6 +865,10 @@ impl Hub {
         let collection = body.collection;
         self.seq += 1;
         let ts = now_rfc3339();
+        if room.is_none() {
+            let board = &self.metrics.board;
+            board.event(self.seq, collection, name.action(), &body.keys, &ts);
+        }
         let body = match self.serialise_event(body, &ts) {
             Ok(body) => body,
             Err(e) => {
@@ -893,6 +900,27 @@ impl Hub {
             None => vec![ALL_ROOM.to_owned(), collection.to_owned()],
         };
         self.broadcast(rooms, &event);
+    }
+
+    /// Tells the status page about the mirror and the kiosks per room.
+    fn publish_board(&self) {
+        let Some(ns) = self.io.of("/") else {
+            return;
+        };
+        let rooms = ns.clone().rooms().now_or_never().and_then(Result::ok);
+        let mut rooms: Vec<(String, usize)> = rooms
+            .unwrap_or_default()
+            .into_iter()
+            .map(|room| {
+                let kiosks = ns.clone().to(room.clone()).sockets().len();
+                (room.to_string(), kiosks)
+            })
+            .collect();
+        rooms.sort();
+        let kiosks = ns.sockets().len();
+        self.metrics
+            .board
+            .set_kiosks(self.mirror.stats(), rooms, kiosks);
     }
 
     /// The event's JSON; past `limits.max_event_bytes`, without its records and payload and

@@ -87,6 +87,9 @@ where
         ),
         Err(reject) => {
             metrics.reject(reject.reason);
+            metrics
+                .board
+                .reject(reject.status.as_u16(), reject.reason, &reject.message);
             warn!(
                 status = reject.status.as_u16(),
                 reason = reject.reason,
