@@ -220,3 +220,30 @@ test(
     await kioskScenario(t, { site, relayForPage: `http://127.0.0.1:${site.port}`, screenshot: "kiosk.png" });
   },
 );
+
+test("the status page shows a change within a second of its webhook, without console errors", { timeout: 60_000 }, async (t) => {
+  const page = await browser.newPage({ viewport: { width: 430, height: 932 } }); // a phone
+  const problems = [];
+  page.on("console", (msg) => msg.type() === "error" && problems.push(`console error: ${msg.text()}`));
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} (${req.failure()?.errorText})`));
+  try {
+    await page.goto(`${RELAY_URL}/status`, { waitUntil: "load" });
+    await page.locator("#upstream", { hasText: "live" }).waitFor({ timeout: WAIT_MS });
+    const key = `status-${RUN_ID}`;
+    await accept({ event: "screens.items.create", payload: { name: "shown on the status page" }, key, collection: "screens" });
+    const accepted = performance.now();
+    await page.locator("#events tr", { hasText: key }).first().waitFor({ timeout: WAIT_MS });
+    const shownAfter = performance.now() - accepted;
+    t.diagnostic(`the change showed ${shownAfter.toFixed(0)} ms after the webhook was accepted`);
+    assert.ok(shownAfter < 1000, `shown after ${shownAfter.toFixed(0)} ms`);
+    assert.match(await page.locator("#memory").textContent(), /MiB/);
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, "status-live.png");
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot: ${path}`);
+    assert.deepEqual(problems, [], "no console errors, page errors or failed requests");
+  } finally {
+    await page.close();
+  }
+});

@@ -164,7 +164,8 @@ impl Board {
                 None => "webhooks only".to_owned(),
             },
             "epoch": hub.epoch,
-            "seq": hub.seq,
+            // The hub publishes its status once a tick; the newest event may be newer.
+            "seq": inner.events.front().map_or(hub.seq, |e| e.seq.max(hub.seq)),
             "kiosks": { "connected": inner.kiosks, "max": config.limits.max_clients, "rooms": rooms },
             "mirror": inner.mirror,
             "events_per_minute": Self::events_per_minute(&inner, now),
