@@ -247,3 +247,30 @@ test("the status page shows a change within a second of its webhook, without con
     await page.close();
   }
 });
+
+test("the demo kiosk at /demo shows a collection's create, update and delete live", { timeout: 60_000 }, async (t) => {
+  const page = await browser.newPage({ viewport: { width: 800, height: 600 } });
+  const problems = [];
+  page.on("console", (msg) => msg.type() === "error" && problems.push(`console error: ${msg.text()}`));
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} (${req.failure()?.errorText})`));
+  try {
+    await page.goto(`${RELAY_URL}/demo?collection=announcements`, { waitUntil: "load" });
+    await page.locator("#status", { hasText: /^live since/ }).waitFor({ timeout: WAIT_MS });
+    const key = `demo-${RUN_ID}`;
+    const item = page.locator(`#items li[data-key="${key}"]`);
+    await accept({ event: "announcements.items.create", payload: { title: "first" }, key, collection: "announcements" });
+    await item.filter({ hasText: "first" }).waitFor({ timeout: WAIT_MS });
+    await accept({ event: "announcements.items.update", payload: { title: "second" }, keys: [key], collection: "announcements" });
+    await item.filter({ hasText: "second" }).waitFor({ timeout: WAIT_MS });
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, "demo.png");
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot: ${path}`);
+    await accept({ event: "announcements.items.delete", payload: [key], keys: [key], collection: "announcements" });
+    await item.waitFor({ state: "detached", timeout: WAIT_MS });
+    assert.deepEqual(problems, [], "no console errors, page errors or failed requests");
+  } finally {
+    await page.close();
+  }
+});

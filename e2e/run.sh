@@ -104,6 +104,9 @@ rooms_by = ["screen"]
 [clients]
 allow_anonymous = true
 
+[demo]
+client_file = "$E2E_DIR/node_modules/socket.io-client/dist/socket.io.min.js"
+
 [[clients.tokens]]
 name = "lobby"
 token = "$LOBBY_TOKEN"

@@ -38,7 +38,8 @@ pub const GENERATED_TOKEN_NAME: &str = "generated";
 pub const KIOSK_TOKEN_CREDENTIAL_PREFIX: &str = "kiosk_token_";
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
-const RESERVED_PATHS: [&str; 6] = [
+const RESERVED_PATHS: [&str; 7] = [
+    "/demo",
     "/socket.io",
     "/healthz",
     "/readyz",
@@ -82,6 +83,26 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub demo: DemoConfig,
+}
+
+/// The demo kiosk page at `/demo`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// The site's copy of the socket.io-client browser bundle (`dist/socket.io.min.js` of the
+    /// npm package), served as `/demo/socket.io.min.js`.
+    #[serde(default = "defaults::demo_client_file")]
+    pub client_file: PathBuf,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            client_file: defaults::demo_client_file(),
+        }
+    }
 }
 
 /// Who may read the status page's data (`/status.json`).
@@ -445,6 +466,9 @@ mod defaults {
     }
     pub fn max_event_bytes() -> usize {
         256 << 10
+    }
+    pub fn demo_client_file() -> PathBuf {
+        "/usr/share/directus-relay/socket.io.min.js".into()
     }
     pub fn log_level() -> String {
         "info".into()
@@ -876,6 +900,7 @@ impl Default for Config {
             tls: None,
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
 }

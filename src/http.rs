@@ -36,6 +36,43 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The status page: one file, no external resources; it polls `/status.json`.
 const STATUS_PAGE: &str = include_str!("status.html");
 
+/// The demo kiosk: the wire contract in one page, for a site's web developer to copy.
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// The largest socket.io-client bundle served for the demo page.
+const DEMO_CLIENT_MAX_BYTES: u64 = 1 << 20;
+
+fn html(page: &'static str) -> Response<Body> {
+    let response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    let response = with_header(response, header::CONTENT_TYPE, "text/html; charset=utf-8");
+    with_header(response, header::CACHE_CONTROL, "no-store")
+}
+
+/// The site's copy of socket.io-client for `/demo`, from `demo.client_file`.
+fn demo_client(config: &Config) -> Response<Body> {
+    let path = &config.demo.client_file;
+    let read = std::fs::File::open(path).and_then(|file| {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        file.take(DEMO_CLIENT_MAX_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    match read {
+        Ok(bytes) => with_header(
+            Response::new(Full::new(Bytes::from(bytes))),
+            header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        ),
+        Err(e) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "cannot read demo.client_file {}: {e}; copy dist/socket.io.min.js of the socket.io-client npm package there\n",
+                path.display()
+            ),
+        ),
+    }
+}
+
 /// What the status page shows. With `[admin] token`, only for `Authorization: Bearer <token>`.
 fn status_json(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
     if let Some(token) = &state.config.admin.token {
@@ -159,16 +196,10 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
-        (&Method::GET | &Method::HEAD, "/" | "/status") => with_header(
-            with_header(
-                Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes()))),
-                header::CONTENT_TYPE,
-                "text/html; charset=utf-8",
-            ),
-            header::CACHE_CONTROL,
-            "no-store",
-        ),
+        (&Method::GET | &Method::HEAD, "/" | "/status") => html(STATUS_PAGE),
         (&Method::GET, "/status.json") => status_json(&req, state),
+        (&Method::GET | &Method::HEAD, "/demo") => html(DEMO_PAGE),
+        (&Method::GET, "/demo/socket.io.min.js") => demo_client(&state.config),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

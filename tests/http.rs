@@ -335,3 +335,29 @@ async fn the_status_needs_the_admin_token_when_there_is_one() {
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
 }
+
+/// `/demo` is the demo kiosk page; without the site's copy of socket.io-client at
+/// `demo.client_file`, its script URL answers 404 saying where to put it.
+#[tokio::test]
+async fn the_demo_page_and_its_client_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = dir.path().join("socket.io.min.js");
+    let (addr, shutdown, task) =
+        start_with(&format!("[demo]\nclient_file = \"{}\"", client.display())).await;
+    let (status, page) = get(addr, "/demo").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("socket.emit(\"subscribe\""), "{page}");
+    let (status, body) = get(addr, "/demo/socket.io.min.js").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("demo.client_file") && body.contains("socket.io-client"),
+        "{body}"
+    );
+    std::fs::write(&client, "window.io = function () {};").expect("write");
+    assert_eq!(
+        get(addr, "/demo/socket.io.min.js").await,
+        (200, "window.io = function () {};".into())
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
