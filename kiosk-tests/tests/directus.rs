@@ -643,3 +643,48 @@ async fn setup_flow_creates_then_updates_one_flow() {
     assert!(flow::deny_list_warning(&local).is_some_and(|w| w.contains("IMPORT_IP_DENY_LIST")));
     fake.stop();
 }
+
+/// What the status page shows of the upstream: live, then offline with the content's time
+/// while Directus is down, then live again; and the mirror it holds meanwhile.
+#[tokio::test]
+async fn the_status_page_follows_directus_going_away_and_back() {
+    let s = setup("poll", "", |_| {}).await;
+    let holds_screens = |status: &Value| {
+        status["mirror"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|c| c["collection"] == "screens" && c["items"] == 1)
+        })
+    };
+    let status_when = async |state: &str| -> Value {
+        let deadline = tokio::time::Instant::now() + kiosk_tests::PATIENCE;
+        loop {
+            let (code, body) = s.relay.get("/status.json").await;
+            assert_eq!(code, 200, "{body}");
+            let status: Value = serde_json::from_str(&body).expect("JSON");
+            // The mirror and the rooms are refreshed once a second.
+            if status["upstream"]["state"] == state && holds_screens(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {state} with the screens held: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let live = status_when("live").await;
+    assert!(
+        live["source"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(poll)"),
+        "{live}"
+    );
+    s.fake.down();
+    let offline = status_when("offline").await;
+    assert_ne!(offline["upstream"]["since"], live["upstream"]["since"]);
+    s.fake.up();
+    status_when("live").await;
+    s.relay.stop().await;
+    s.fake.stop();
+}
