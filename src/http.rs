@@ -265,7 +265,7 @@ impl Server {
         let graceful = match self.accept_loop.await {
             Ok(graceful) => graceful,
             Err(e) => {
-                warn!(%e, "accept loop ended abnormally");
+                warn!(%e, "the accept loop ended abnormally (a bug); shutting down without waiting for requests");
                 return;
             }
         };
@@ -312,7 +312,7 @@ where
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!(%e, "could not accept a connection");
+                warn!(%e, "could not accept a connection: new kiosks wait until this clears; when it says too many open files, raise LimitNOFILE= in the unit or lower limits.max_clients");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

@@ -472,7 +472,9 @@ impl Hub {
         if let Some(writer) = &self.writer {
             match self.serialise(false) {
                 Ok(bytes) => writer.offer(bytes),
-                Err(e) => warn!(%e, "cannot serialise the state"),
+                Err(e) => {
+                    warn!(%e, "cannot serialise the state (a bug): the last known content will not survive a restart; please report this")
+                }
             }
         }
         self.dirty = false;
@@ -546,7 +548,9 @@ impl Hub {
         if let Some(writer) = self.writer.take() {
             match self.serialise(true) {
                 Ok(bytes) => writer.offer(bytes),
-                Err(e) => warn!(%e, "cannot serialise the state"),
+                Err(e) => {
+                    warn!(%e, "cannot serialise the state (a bug): the last known content will not survive a restart; please report this")
+                }
             }
         }
         info!(seq = self.seq, "hub stopped");
@@ -873,7 +877,7 @@ impl Hub {
             Ok(body) => body,
             Err(e) => {
                 // Values that came in as JSON always serialise; this is a bug, not bad input.
-                warn!(%e, collection, "event could not be serialised; skipped");
+                warn!(%e, collection, "event could not be serialised (a bug); skipped: kiosks get the item with their next snapshot; please report this");
                 self.seq -= 1;
                 return;
             }
@@ -992,7 +996,9 @@ impl Hub {
                     self.cut_off(socket);
                 }
             }
-            Some(Err(e)) => warn!(%e, seq = event.seq, "could not send an event to kiosks"),
+            Some(Err(e)) => {
+                warn!(%e, seq = event.seq, "could not send an event to kiosks; they get it when they next resume")
+            }
             None => warn!(
                 seq = event.seq,
                 "sending to kiosks did not complete at once"
@@ -1030,7 +1036,9 @@ impl Hub {
         match error {
             SendError::Socket(SocketError::InternalChannelFull) => self.cut_off(socket),
             SendError::Socket(SocketError::Closed) => {}
-            other => warn!(sid = %socket.id, %other, "could not send to kiosk"),
+            other => {
+                warn!(sid = %socket.id, %other, "could not send to a kiosk; it gets what it missed when it next resumes")
+            }
         }
     }
 

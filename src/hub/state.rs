@@ -163,7 +163,7 @@ impl Writer {
                         }
                         failing = true;
                     }
-                    Err(e) => warn!(%e, "state writer failed"),
+                    Err(e) => warn!(%e, "the state file writer stopped: the last known content will not survive a restart; restart the relay, and report this if it comes back"),
                 }
             }
         });

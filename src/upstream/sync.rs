@@ -174,7 +174,7 @@ impl Syncer {
                     warn!(
                         collection = collection.name,
                         key_field = collection.key_field,
-                        "an item has no usable key field; check collections.key_field"
+                        "an item has no usable key field, so it is skipped: check collections.key_field against the collection's primary key in Directus"
                     );
                     continue;
                 };

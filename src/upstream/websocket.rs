@@ -123,7 +123,9 @@ pub async fn session(
             Ok(Some(Ok(_))) => continue,
         };
         let Ok(message) = serde_json::from_str::<Value>(text.as_str()) else {
-            warn!("Directus sent a WebSocket message that is not JSON; ignored");
+            warn!(
+                "Directus sent a WebSocket message that is not JSON; ignored (nothing is lost: the activity-log catch-up covers it)"
+            );
             continue;
         };
         match message["type"].as_str() {
