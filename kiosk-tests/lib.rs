@@ -2,6 +2,7 @@
 //! `rust_socketio` client crate, and webhook posts over real HTTP.
 
 pub mod fake_directus;
+#[path = "../tests/common/pki.rs"]
 pub mod pki;
 
 use std::collections::VecDeque;

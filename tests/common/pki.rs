@@ -1,5 +1,5 @@
 //! A test CA that issues server certificates for 127.0.0.1 and localhost, written as the PEM
-//! files a `[tls]` section names.
+//! files a `[tls]` section names. Shared by the root tests and kiosk-tests (`#[path]`).
 
 use std::path::{Path, PathBuf};
 
