@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Static release binaries of the directus-relay package (not the workspace's test and tool
+# members) for the Raspberry Pis and x86_64, then a .deb for each (release/deb.sh).
+#
+#   bash release/build.sh                       # all four targets
+#   bash release/build.sh aarch64-unknown-linux-musl
+#   NO_DEB=1 bash release/build.sh ...          # binaries only
+#
+# Output: target/release-artifacts/directus-relay-<version>-<target> (stripped, static) and the
+# .deb files next to them. Installs what it needs when missing: the rustup targets, rust-src
+# (the 32-bit ARM musl std is built from source, see /work/shared/BUILD-NOTES.md) and zig +
+# cargo-zigbuild in a venv under ~/.cache, so a second run only builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ALL_TARGETS=(
+  aarch64-unknown-linux-musl      # Pi 3/4/5, Zero 2 W with a 64-bit OS
+  armv7-unknown-linux-musleabihf  # Pi 2 and later with a 32-bit OS
+  arm-unknown-linux-musleabihf    # every Pi with a 32-bit OS, including Zero/Zero W/1 (ARMv6)
+  x86_64-unknown-linux-musl       # PCs, CI
+)
+# No rustup-downloadable std for these: build it with -Zbuild-std.
+BUILD_STD_TARGETS=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf "
+# A stripped binary must stay under this (issue 5): the relay goes onto small SD cards.
+MAX_BYTES=$((4 * 1024 * 1024))
+JOBS=${JOBS:-2}   # two cores, shared
+OUT=target/release-artifacts
+TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/directus-relay-release
+ZIGBUILD_PIP=(ziglang==0.17.1 cargo-zigbuild==0.24.1)
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${ALL_TARGETS[@]}")
+for t in "${targets[@]}"; do
+  case " ${ALL_TARGETS[*]} " in *" $t "*) ;; *) echo "unknown target $t (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;; esac
+done
+
+# --- tools ------------------------------------------------------------------------------------
+need_build_std=0
+for t in "${targets[@]}"; do
+  case "$BUILD_STD_TARGETS" in
+    *" $t "*) need_build_std=1 ;;
+    *) rustup target list --installed | grep -qx "$t" || rustup target add "$t" ;;
+  esac
+done
+if [ $need_build_std = 1 ] && ! rustup component list --installed | grep -q '^rust-src'; then
+  rustup component add rust-src
+fi
+# cargo-zigbuild finds zig through `python3 -m ziglang` when the venv's bin is first on PATH.
+if [ ! -x "$TOOLS/venv/bin/cargo-zigbuild" ]; then
+  mkdir -p "$TOOLS"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q "${ZIGBUILD_PIP[@]}"
+fi
+export PATH="$TOOLS/venv/bin:$PATH"
+command -v file >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq file; }
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+[ -n "$version" ] || { echo "no version in Cargo.toml" >&2; exit 1; }
+mkdir -p "$OUT"
+
+# --- build ------------------------------------------------------------------------------------
+rows=()
+failed=0
+for t in "${targets[@]}"; do
+  echo "=== $t"
+  start=$SECONDS
+  args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay --target "$t")
+  case "$BUILD_STD_TARGETS" in
+    *" $t "*)
+      # std from source; rustc's self-contained crt objects do not exist for these targets
+      # (no rustup std), zig provides musl's.
+      var=CARGO_TARGET_$(echo "$t" | tr 'a-z-' 'A-Z_')_RUSTFLAGS
+      env "$var=-C link-self-contained=no" RUSTC_BOOTSTRAP=1 \
+        cargo "${args[@]}" -Zbuild-std=std,panic_abort
+      ;;
+    *) cargo "${args[@]}" ;;
+  esac
+  secs=$((SECONDS - start))
+  artifact="$OUT/directus-relay-$version-$t"
+  cp "target/$t/release/directus-relay" "$artifact"
+  description=$(file -b "$artifact")
+  echo "$description"
+  # `file` says "static-pie linked" for a static PIE, which is just as static.
+  case "$description" in
+    *"statically linked"* | *"static-pie linked"*) ;;
+    *) echo "FAIL: $artifact is not statically linked" >&2; failed=1 ;;
+  esac
+  case "$description" in
+    *", stripped"*) ;;
+    *) echo "FAIL: $artifact is not stripped" >&2; failed=1 ;;
+  esac
+  bytes=$(stat -c %s "$artifact")
+  if [ "$bytes" -ge "$MAX_BYTES" ]; then
+    echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES" >&2
+    failed=1
+  fi
+  rows+=("$(awk -v t="$t" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %9d %6.2f MiB %5ds", t, b, b / 1048576, s }')")
+done
+
+printf '\n%-32s %9s %10s %6s\n' target bytes size build
+printf '%s\n' "${rows[@]}"
+[ $failed = 0 ] || exit 1
+
+if [ -z "${NO_DEB:-}" ]; then
+  bash release/deb.sh "${targets[@]}"
+fi
