@@ -20,6 +20,7 @@ if [ ${#debs[@]} -eq 0 ]; then
 fi
 [ ${#debs[@]} -gt 0 ] || { echo "no .deb files: run release/build.sh first" >&2; exit 1; }
 
+command -v readelf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null; }
 default_config=$(sed -n 's/^pub const DEFAULT_CONFIG_PATH: &str = "\(.*\)";$/\1/p' src/config.rs)
 [ -n "$default_config" ] || { echo "DEFAULT_CONFIG_PATH not found in src/config.rs" >&2; exit 1; }
 
@@ -84,7 +85,7 @@ for deb in "${debs[@]}"; do
   esac
   if [ "$arch" = "$want" ]; then ok "Architecture: $arch matches the binary"; else bad "Architecture: $arch, binary wants $want"; fi
   case "$elf" in
-    *"statically linked"* | *"static-pie linked"*) ok "binary is static" ;;
+    *"statically linked"*) ok "binary is statically linked" ;;
     *) bad "binary is not static: $elf" ;;
   esac
   if [ "$want" = armhf ]; then
