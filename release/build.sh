@@ -76,8 +76,9 @@ for t in "${targets[@]}"; do
   start=$SECONDS
   # -Zbuild-std builds run with RUSTC_BOOTSTRAP=1, which changes the fingerprint of the host's
   # proc-macros: in a target dir of their own, they do not rebuild the others' (68 crates).
-  target_dir=target
-  case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=target/build-std ;; esac
+  # RELEASE_TARGET_DIR: a cargo target dir kept between runs (CI keeps one under /var/cache).
+  target_dir=${RELEASE_TARGET_DIR:-target}
+  case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=$target_dir/build-std ;; esac
   args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay
     --target "$t" --target-dir "$target_dir")
   case "$BUILD_STD_TARGETS" in
