@@ -19,6 +19,7 @@ def row_of(r):
     """The figures of one cell, None where loadgen had none."""
     rel, load = r.get("relay") or {}, r.get("load") or {}
     lat = load.get("latency_ms") or {}
+    sched = load.get("latency_from_schedule_ms") or {}
     cpu = rel.get("cpu_load_s")
     delivered = load.get("delivered")
     wall = (load.get("post_secs") or 0) + (load.get("drain_secs") or 0)
@@ -29,6 +30,9 @@ def row_of(r):
         "p50": lat.get("p50"),
         "p99": lat.get("p99"),
         "max": lat.get("max"),
+        "s50": sched.get("p50"),
+        "s99": sched.get("p99"),
+        "smax": sched.get("max"),
         "delivered": delivered,
         "expected": load.get("expected"),
         "lost": load.get("lost"),
@@ -57,6 +61,17 @@ def fmt(x, digits=1):
     return f"{x:,.{digits}f}"
 
 
+def sched_text(c):
+    if c["s99"] is None:
+        return "–"
+    return f"{fmt(c['s50'])} / {fmt(c['s99'])} / {fmt(c['smax'], 0)}"
+
+
+def p99(c):
+    """p99 from the schedule when loadgen measured it: it counts a webhook answered slowly."""
+    return c["s99"] if c.get("s99") is not None else c["p99"]
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
@@ -75,17 +90,17 @@ def main():
 
     out.append(
         "| cell | server | kiosks up | RSS idle MiB | RSS peak MiB | p50 ms | p99 ms | max ms"
-        " | delivered / expected | lost | dup | server CPU s | CPU µs / delivery"
+        " | p50 / p99 / max ms from schedule | delivered / expected | lost | dup | server CPU s | CPU µs / delivery"
         " | server cores | loadgen cores | posted (rate/s) | kiosks cut off |"
     )
-    out.append("|" + "---|" * 17)
+    out.append("|" + "---|" * 18)
     for name in order:
         for server in ("relay", "node"):
             c = cells.get((name, server))
             if (name, server) not in cells:
                 continue
             if c is None:
-                out.append(f"| {name} | {server} | loadgen failed |" + " |" * 14)
+                out.append(f"| {name} | {server} | loadgen failed |" + " |" * 15)
                 continue
             sat = " ⚠" if c["loadgen_cores"] and c["loadgen_cores"] > 0.9 else ""
             posted = "–"
@@ -96,7 +111,8 @@ def main():
             dexp = "–" if c["expected"] is None else f"{fmt(c['delivered'])} / {fmt(c['expected'])}"
             out.append(
                 f"| {name} | {server} | {fmt(c['connected'])} | {fmt(c['idle_mib'])} | {fmt(c['peak_mib'])}"
-                f" | {fmt(c['p50'])} | {fmt(c['p99'])} | {fmt(c['max'], 0)} | {dexp}"
+                f" | {fmt(c['p50'])} | {fmt(c['p99'])} | {fmt(c['max'], 0)}"
+                f" | {sched_text(c)} | {dexp}"
                 f" | {fmt(c['lost'])} | {fmt(c['dup'])} | {fmt(c['cpu_s'], 2)} | {fmt(c['us_per_delivery'])}"
                 f" | {fmt(c['server_cores'], 2)} | {fmt(c['loadgen_cores'], 2)}{sat} | {posted} | {fmt(c['closed'])} |"
             )
@@ -107,13 +123,13 @@ def main():
 
     out.append("Relay ÷ Node (below 1: the relay is better):")
     out.append("")
-    out.append("| cell | RSS idle | RSS peak | p50 | p99 | max | CPU µs / delivery |")
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("| cell | RSS idle | RSS peak | p50 | p99 | max | p99 from schedule | CPU µs / delivery |")
+    out.append("|---|---|---|---|---|---|---|---|")
     for name in order:
         a, b = cells.get((name, "relay")), cells.get((name, "node"))
         if not a or not b:
             continue
-        rs = [ratio(a[k], b[k]) for k in ("idle_mib", "peak_mib", "p50", "p99", "max", "us_per_delivery")]
+        rs = [ratio(a[k], b[k]) for k in ("idle_mib", "peak_mib", "p50", "p99", "max", "s99", "us_per_delivery")]
         out.append(f"| {name} | " + " | ".join(fmt(x, 2) for x in rs) + " |")
     out.append("")
 
@@ -127,17 +143,19 @@ def main():
         ok = x is not None and x <= 0.2 and r["idle_mib"] < 48
         targets.append(("RSS with 10,000 idle kiosks ≤ 1/5 of Node's and < 48 MiB",
                         f"{fmt(r['idle_mib'])} vs {fmt(n['idle_mib'])} MiB = {fmt(x, 2)}", ok))
-        x = ratio(r["p99"], n["p99"])
+        x = ratio(p99(r), p99(n))
         ok = x is not None and x <= 1 / 3
         targets.append(("p99 at 10,000 kiosks, 1 ev/s ≤ 1/3 of Node's",
-                        f"{fmt(r['p99'])} vs {fmt(n['p99'])} ms = {fmt(x, 2)}", ok))
+                        f"{fmt(p99(r))} vs {fmt(p99(n))} ms = {fmt(x, 2)}"
+                        f" (from sending: {fmt(r['p99'])} vs {fmt(n['p99'])})", ok))
     r, n = c("burst-1000", "relay"), c("burst-1000", "node")
     if r and n:
-        x = ratio(r["p99"], n["p99"])
+        x = ratio(p99(r), p99(n))
         ok = r["lost"] == 0 and x is not None and x <= 0.2
         targets.append(("100/s burst at 1,000 kiosks: nothing lost, p99 ≤ 1/5 of Node's",
-                        f"lost {fmt(r['lost'])} (Node {fmt(n['lost'])}); p99 {fmt(r['p99'])} vs"
-                        f" {fmt(n['p99'])} ms = {fmt(x, 2)}", ok))
+                        f"lost {fmt(r['lost'])} (Node {fmt(n['lost'])}); p99 {fmt(p99(r))} vs"
+                        f" {fmt(p99(n))} ms = {fmt(x, 2)} (from sending: {fmt(r['p99'])} vs"
+                        f" {fmt(n['p99'])}; Node took {fmt(n['rate'])} posts/s)", ok))
     per_cell = []
     for name in order:
         a, b = c(name, "relay"), c(name, "node")
@@ -154,6 +172,9 @@ def main():
         ok = r["idle_mib"] is not None and r["idle_mib"] < 8
         extra = f" (Node {fmt(c('idle', 'node').get('idle_mib'))} MiB)" if c("idle", "node") else ""
         targets.append(("relay idle RSS < 8 MiB", f"{fmt(r['idle_mib'])} MiB{extra}", ok))
+    out.append("Latency targets use p99 from the schedule (the time loadgen meant to post the"
+               " change), which also counts a webhook answered slowly.")
+    out.append("")
     out.append("| target | measured (relay vs Node = ratio) | |")
     out.append("|---|---|---|")
     for what, measured, ok in targets:

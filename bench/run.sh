@@ -10,7 +10,8 @@
 #          events of 1 KiB (webhook body; the frame a kiosk receives is ~2.2 KB: payload and
 #          record both carry it), each cell against the relay and then the Node server.
 #   per cell: RSS with N kiosks connected and idle, peak RSS (VmHWM of the fresh process),
-#          p50/p99/max latency (webhook sent -> kiosk read), delivered/lost/dup, server CPU
+#          p50/p99/max latency (webhook sent -> kiosk read, and from the time the schedule said
+#          to send it, which counts a slow webhook answer too), delivered/lost/dup, server CPU
 #          seconds during the load, server CPU microseconds per delivery, loadgen CPU (cores),
 #          posting rate achieved.
 #   output: $OUT/results.jsonl (loadgen's JSON line per cell, plus "server", "cell", "phase")
@@ -20,6 +21,9 @@
 # Environment (all optional):
 #   SIZES="1000 5000 10000"  kiosk counts
 #   STEADY_SECS=20  BURST_RATE=100  BURST_SECS=5  EVENT_BYTES=1KiB
+#   POST_FOR=30              seconds after which loadgen stops posting (loadgen --post-for): a
+#                            server that answers the webhook slowly holds the posters back (the
+#                            Node server does, at 100/s); the rest shows as not posted
 #   SERVERS="relay node"     which servers
 #   OUT=dir                  default bench/out/<UTC time> (ignored by git)
 #   NO_BUILD=1               use target/release and bench/node/node_modules as they are
@@ -37,6 +41,7 @@ STEADY_SECS=${STEADY_SECS:-20}
 BURST_RATE=${BURST_RATE:-100}
 BURST_SECS=${BURST_SECS:-5}
 EVENT_BYTES=${EVENT_BYTES:-1KiB}
+POST_FOR=${POST_FOR:-30}
 SERVERS=${SERVERS:-relay node}
 OUT=${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}
 SECRET="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
@@ -162,11 +167,11 @@ for n in $SIZES; do
   KIOSKS=$n
   for server in $SERVERS; do
     cell "$server" "steady-$n" steady --kiosks "$n" --settle 3s --rate 1 --duration "${STEADY_SECS}s" \
-      --event-bytes "$EVENT_BYTES" --drain 15s
+      --event-bytes "$EVENT_BYTES" --post-for "$((STEADY_SECS + POST_FOR))s" --drain 15s
   done
   for server in $SERVERS; do
     cell "$server" "burst-$n" burst --kiosks "$n" --settle 3s --rate "$BURST_RATE" --duration "${BURST_SECS}s" \
-      --event-bytes "$EVENT_BYTES" --drain 20s
+      --event-bytes "$EVENT_BYTES" --post-for "${POST_FOR}s" --drain 20s
   done
 done
 
