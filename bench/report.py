@@ -90,17 +90,17 @@ def main():
 
     out.append(
         "| cell | server | kiosks up | RSS idle MiB | RSS peak MiB | p50 ms | p99 ms | max ms"
-        " | p50 / p99 / max ms from schedule | delivered / expected | lost | dup | server CPU s | CPU µs / delivery"
-        " | server cores | loadgen cores | posted (rate/s) | kiosks cut off |"
+        " | p50 / p99 / max ms from schedule | delivered / expected | lost¹ | dup | server CPU s | CPU µs / delivery"
+        " | server cores | loadgen cores | posted (rate/s) | kiosks cut off | load avg |"
     )
-    out.append("|" + "---|" * 18)
+    out.append("|" + "---|" * 19)
     for name in order:
         for server in ("relay", "node"):
             c = cells.get((name, server))
             if (name, server) not in cells:
                 continue
             if c is None:
-                out.append(f"| {name} | {server} | loadgen failed |" + " |" * 15)
+                out.append(f"| {name} | {server} | loadgen failed |" + " |" * 16)
                 continue
             sat = " ⚠" if c["loadgen_cores"] and c["loadgen_cores"] > 0.9 else ""
             posted = "–"
@@ -114,11 +114,17 @@ def main():
                 f" | {fmt(c['p50'])} | {fmt(c['p99'])} | {fmt(c['max'], 0)}"
                 f" | {sched_text(c)} | {dexp}"
                 f" | {fmt(c['lost'])} | {fmt(c['dup'])} | {fmt(c['cpu_s'], 2)} | {fmt(c['us_per_delivery'])}"
-                f" | {fmt(c['server_cores'], 2)} | {fmt(c['loadgen_cores'], 2)}{sat} | {posted} | {fmt(c['closed'])} |"
+                f" | {fmt(c['server_cores'], 2)} | {fmt(c['loadgen_cores'], 2)}{sat} | {posted} | {fmt(c['closed'])} | {fmt(c['loadavg'], 2)} |"
             )
     out.append("")
+    out.append("¹ expected − delivered when loadgen stopped waiting (drain: 15 s steady, 20 s burst,"
+               " or 2 s without a delivery): events still queued count too. *kiosks cut off* and"
+               " the relay's overflow counter in results.jsonl say whether anything was dropped.")
+    out.append("")
     out.append("⚠: the loadgen used more than 0.9 of a core over the load (it is multi-threaded and"
-               " shares the 2 cores with the server; see BENCHMARKS.md).")
+               " shares the 2 cores with the server; see BENCHMARKS.md). Cores: CPU seconds over the"
+               " load's wall time (posting + drain). Load avg: the machine's 1-minute load average"
+               " at the end of the cell (2 cores; other work on the machine shows here).")
     out.append("")
 
     out.append("Relay ÷ Node (below 1: the relay is better):")
