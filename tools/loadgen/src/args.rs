@@ -7,7 +7,9 @@ Usage: loadgen [OPTIONS]
 
 Connects kiosks to a directus-relay over Socket.IO (Engine.IO v4, WebSocket only), posts webhook
 updates at a steady rate and reports latency, losses, duplicates, cut-offs and the relay's memory
-and CPU: one JSON line on stdout, a table on stderr.
+and CPU: one JSON line on stdout, a table on stderr. Latency is measured twice: from the moment
+each event was sent (latency_ms) and from the moment the schedule said to send it
+(latency_from_schedule_ms, which also counts a poster held up by slow webhook answers).
 
 Relay:
   --url URL                 relay address, http:// or ws:// (default http://127.0.0.1:8080)
@@ -32,6 +34,9 @@ Load:
   --event-bytes SIZE        webhook body size; the payload's zpad field fills it (default 1KiB)
   --keys N                  update key n mod N (default 0: key n, every event a new item)
   --posters N               keep-alive webhook connections (default 4)
+  --post-for DURATION       stop posting this long after the load began, posted or not (default:
+                            post every event); a relay that answers the webhook slowly holds the
+                            posters back, and what is left is reported as unposted
   --drain DURATION          longest wait for the last events to arrive (default 10s)
 
 Oversized message:
@@ -63,6 +68,7 @@ pub struct Options {
     pub event_bytes: usize,
     pub keys: u64,
     pub posters: usize,
+    pub post_for: Option<Duration>,
     pub drain: Duration,
     pub oversize: Option<usize>,
     pub oversize_fragment: Option<usize>,
@@ -87,6 +93,7 @@ impl Default for Options {
             event_bytes: 1024,
             keys: 0,
             posters: 4,
+            post_for: None,
             drain: Duration::from_secs(10),
             oversize: None,
             oversize_fragment: None,
@@ -137,6 +144,7 @@ pub fn parse(
             "--event-bytes" => o.event_bytes = size_of(&flag, &value()?)?,
             "--keys" => o.keys = number(&flag, &value()?)?,
             "--posters" => o.posters = number(&flag, &value()?)?,
+            "--post-for" => o.post_for = Some(duration_of(&flag, &value()?)?),
             "--drain" => o.drain = duration_of(&flag, &value()?)?,
             "--oversize" => o.oversize = Some(size_of(&flag, &value()?)?),
             "--oversize-fragment" => o.oversize_fragment = Some(size_of(&flag, &value()?)?),
@@ -253,6 +261,8 @@ mod tests {
             "--oversize",
             "10MiB",
             "--subscribe",
+            "--post-for",
+            "30s",
         ])
         .expect("valid")
         .expect("not help");
@@ -262,6 +272,7 @@ mod tests {
         assert_eq!(o.event_bytes, 1024);
         assert_eq!(o.oversize, Some(10 << 20));
         assert!(o.subscribe);
+        assert_eq!(o.post_for, Some(Duration::from_secs(30)));
         assert_eq!(o.token, None);
     }
 

@@ -12,13 +12,20 @@ use tokio::net::TcpStream;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook body of one change: an update of `key` whose payload carries the event number,
-/// the time it was sent and padding up to about `size` bytes in all. The padding field sorts
-/// after the others, so kiosks find `n` and `sent_at_us` near the start of every event.
-pub fn update_body(collection: &str, key: u64, n: u64, sent_at_us: u64, size: usize) -> String {
+/// the time it was due by the schedule (`planned_us`), the time it was actually sent and padding
+/// up to about `size` bytes in all. The padding field sorts after the others, so kiosks find
+/// `n`, `planned_us` and `sent_at_us` near the start of every event.
+pub fn update_body(
+    collection: &str,
+    key: u64,
+    n: u64,
+    (planned_us, sent_at_us): (u64, u64),
+    size: usize,
+) -> String {
     let collection = serde_json::Value::from(collection).to_string();
     let event = collection.trim_matches('"');
     let head = format!(
-        r#"{{"event":"{event}.items.update","collection":{collection},"keys":[{key}],"payload":{{"n":{n},"sent_at_us":{sent_at_us},"zpad":""#
+        r#"{{"event":"{event}.items.update","collection":{collection},"keys":[{key}],"payload":{{"n":{n},"planned_us":{planned_us},"sent_at_us":{sent_at_us},"zpad":""#
     );
     const TAIL: &str = r#""}}"#;
     let pad = size.saturating_sub(head.len() + TAIL.len());
@@ -159,14 +166,15 @@ mod tests {
 
     #[test]
     fn update_bodies_have_the_requested_size_and_are_json() {
-        let body = update_body("screens", 3, 17, 123_456, 1024);
+        let body = update_body("screens", 3, 17, (123_000, 123_456), 1024);
         assert_eq!(body.len(), 1024);
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["event"], "screens.items.update");
         assert_eq!(v["keys"][0], 3);
         assert_eq!(v["payload"]["n"], 17);
+        assert_eq!(v["payload"]["planned_us"], 123_000);
         assert_eq!(v["payload"]["sent_at_us"], 123_456);
-        let small = update_body("screens", 3, 17, 123_456, 10);
+        let small = update_body("screens", 3, 17, (123_000, 123_456), 10);
         assert!(serde_json::from_str::<serde_json::Value>(&small).is_ok());
     }
 

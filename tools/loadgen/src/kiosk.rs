@@ -41,7 +41,11 @@ fn ws_config() -> WebSocketConfig {
 pub struct Tally {
     /// When the run started; `sent_at_us` counts from here.
     pub start: Instant,
+    /// From the moment an event was sent to its first delivery.
     pub latency: Histogram,
+    /// From the moment the schedule said to send it: includes the wait of a poster held up by a
+    /// slow webhook answer, which `latency` leaves out (coordinated omission).
+    pub latency_scheduled: Histogram,
     /// First deliveries of a posted event, over all reading kiosks.
     pub delivered: Counter,
     pub duplicates: Counter,
@@ -61,6 +65,7 @@ impl Tally {
         Self {
             start,
             latency: Histogram::default(),
+            latency_scheduled: Histogram::default(),
             delivered: Counter::default(),
             duplicates: Counter::default(),
             foreign: Counter::default(),
@@ -194,7 +199,11 @@ fn record(tally: &Tally, seen: &mut Seen, args: &str) -> bool {
     };
     if seen.insert(n) {
         tally.delivered.inc();
-        tally.latency.record(tally.now_us().saturating_sub(sent));
+        let now = tally.now_us();
+        tally.latency.record(now.saturating_sub(sent));
+        if let Some(planned) = engineio::find_u64(args, "planned_us") {
+            tally.latency_scheduled.record(now.saturating_sub(planned));
+        }
         true
     } else {
         tally.duplicates.inc();

@@ -239,6 +239,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         own_cpu_load.1 = Proc::Myself.cpu_seconds().ok();
         mem_peak = peak.as_ref().map(Peak::get);
         let delivered = tally.delivered.get();
+        let attempted =
+            posted.accepted.get() + posted.busy.get() + posted.refused.get() + posted.errors.get();
         load = json!({
             "events_planned": o.events,
             "accepted": posted.accepted.get(),
@@ -248,7 +250,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "post_secs": round3(post_secs),
             "drain_secs": round3(drain_start.elapsed().as_secs_f64()),
             "rate_target": o.rate,
-            "rate_achieved": round3(o.events as f64 / post_secs),
+            "unposted": o.events.saturating_sub(attempted),
+            "rate_achieved": round3(attempted as f64 / post_secs),
             "readers": readers_at_load,
             "expected": expected,
             "delivered": delivered,
@@ -261,6 +264,11 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
                 "p50": tally.latency.quantile(0.50) as f64 / 1000.0,
                 "p99": tally.latency.quantile(0.99) as f64 / 1000.0,
                 "max": tally.latency.max() as f64 / 1000.0,
+            },
+            "latency_from_schedule_ms": {
+                "p50": tally.latency_scheduled.quantile(0.50) as f64 / 1000.0,
+                "p99": tally.latency_scheduled.quantile(0.99) as f64 / 1000.0,
+                "max": tally.latency_scheduled.max() as f64 / 1000.0,
             },
         });
     }
@@ -400,13 +408,20 @@ async fn post(
     ];
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= o.events {
+        if n >= o.events || o.post_for.is_some_and(|d| load_start.elapsed() >= d) {
             return;
         }
         let slot = load_start + Duration::from_secs_f64(n as f64 / o.rate);
         tokio::time::sleep_until(slot.into()).await;
         let key = if o.keys == 0 { n } else { n % o.keys };
-        let body = hook::update_body(&o.collection, key, n, tally.now_us(), o.event_bytes);
+        let planned = slot.saturating_duration_since(tally.start).as_micros() as u64;
+        let body = hook::update_body(
+            &o.collection,
+            key,
+            n,
+            (planned, tally.now_us()),
+            o.event_bytes,
+        );
         match client
             .request("POST", &o.hook_path, &headers, body.as_bytes())
             .await
