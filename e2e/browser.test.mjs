@@ -274,3 +274,98 @@ test("the demo kiosk at /demo shows a collection's create, update and delete liv
     await page.close();
   }
 });
+
+/**
+ * A stand-in for Directus that answers the few REST calls a relay in poll mode makes, with one
+ * screen, and that can be taken down (503 to everything) and brought back.
+ */
+function startFakeDirectus() {
+  let down = false;
+  const server = http.createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const json = (status, body) => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+    if (down) return json(503, { errors: [{ message: "Service Unavailable" }] });
+    if (path === "/server/ping") return res.writeHead(200, { "content-type": "text/html" }).end("pong");
+    if (path === "/server/info") return json(200, { data: { version: "12.4.0" } });
+    if (path === "/activity") return json(200, { data: [] });
+    if (path.startsWith("/collections/")) return json(200, { data: { meta: { accountability: "all" } } });
+    if (path === "/items/screens") return json(200, { data: [{ id: 1, name: "Lobby" }] });
+    json(404, { errors: [{ message: "Route doesn't exist." }] });
+  });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        setDown: (value) => { down = value; },
+        close: () => new Promise((done) => { server.closeAllConnections(); server.close(() => done()); }),
+      }),
+    );
+  });
+}
+
+/** Starts the relay binary on a free port with `toml` (its listen line added); resolves to {url, stop}. */
+async function startRelay(toml) {
+  const { spawn } = await import("node:child_process");
+  const { mkdtempSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+  const dir = mkdtempSync(join(tmpdir(), "relay-status-"));
+  writeFileSync(join(dir, "relay.toml"), `listen = "127.0.0.1:${port}"\nstate_dir = "${dir}"\n${toml}`);
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("RELAY_")));
+  const child = spawn(process.env.E2E_RELAY_BIN, ["--config", join(dir, "relay.toml")], { env, stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    if (await fetch(`${url}/healthz`).then((r) => r.ok, () => false)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url, log: () => log, stop: () => new Promise((done) => { child.once("exit", done); child.kill("SIGTERM"); }) };
+}
+
+test("the status page shows Directus live, offline with the content's time, and live again", { timeout: 90_000 }, async (t) => {
+  const directus = await startFakeDirectus();
+  const relay = await startRelay(`clients.allow_anonymous = true
+[directus]
+url = "${directus.url}"
+token = "status-page-test-token"
+mode = "poll"
+poll_interval = "200ms"
+reconcile_interval = "1s"
+request_timeout = "1s"
+[[collections]]
+name = "screens"
+`);
+  const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+  const problems = [];
+  page.on("console", (msg) => msg.type() === "error" && problems.push(`console error: ${msg.text()}`));
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  const shoot = async (name) => {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, name);
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot: ${path}`);
+  };
+  try {
+    await page.goto(`${relay.url}/status`, { waitUntil: "load" });
+    const state = (text) => page.locator("#upstream", { hasText: new RegExp(`^${text}$`) }).waitFor({ timeout: 20_000 })
+      .catch(() => assert.fail(`never ${text}; relay log:\n${relay.log().slice(-2000)}`));
+    await state("live");
+    await page.locator("#mirror tr", { hasText: "screens" }).waitFor({ timeout: WAIT_MS });
+    await shoot("status-live-directus.png");
+    directus.setDown(true);
+    await state("offline");
+    assert.match(await page.locator("#since").textContent(), /^content from /);
+    await shoot("status-offline.png");
+    directus.setDown(false);
+    await state("live");
+    await shoot("status-back.png");
+    assert.deepEqual(problems, [], "no console errors or page errors");
+  } finally {
+    await page.close();
+    await relay.stop();
+    await directus.close();
+  }
+});

@@ -138,7 +138,7 @@ log "relay healthy (pid $RELAY_PID)"
 
 # --- the node tests ----------------------------------------------------------------------
 log "running the tests"
-export E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_LOBBY_TOKEN="$LOBBY_TOKEN" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
+export E2E_RELAY_BIN="$RELAY_BIN" E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_LOBBY_TOKEN="$LOBBY_TOKEN" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
 export E2E_REPORT="$RUN_DIR/report.txt"
 : >"$E2E_REPORT"
 tests_rc=0
