@@ -622,16 +622,8 @@ impl Config {
                 format!("{path:?} collides with {reserved}, which the relay serves itself"),
             ));
         }
-        if let Some(secret) = &self.webhook.secret
-            && secret.expose().len() < MIN_SECRET_LEN
-        {
-            return Err(invalid(
-                "webhook.secret",
-                format!(
-                    "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
-                    secret.expose().len()
-                ),
-            ));
+        if let Some(secret) = &self.webhook.secret {
+            long_enough("webhook.secret", secret)?;
         }
         if let Some(directus) = &self.directus {
             validate_directus(directus)?;
@@ -724,16 +716,8 @@ impl Config {
             }
         }
         self.validate_clients()?;
-        if let Some(token) = &self.admin.token
-            && token.expose().len() < MIN_SECRET_LEN
-        {
-            return Err(invalid(
-                "admin.token",
-                format!(
-                    "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
-                    token.expose().len()
-                ),
-            ));
+        if let Some(token) = &self.admin.token {
+            long_enough("admin.token", token)?;
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
@@ -813,15 +797,7 @@ impl Config {
                     ),
                 ));
             };
-            if token.expose().len() < MIN_SECRET_LEN {
-                return Err(invalid(
-                    format!("{key}.token"),
-                    format!(
-                        "is {} characters long; use at least {MIN_SECRET_LEN} random characters",
-                        token.expose().len()
-                    ),
-                ));
-            }
+            long_enough(&format!("{key}.token"), token)?;
             let same = clients.tokens[..i]
                 .iter()
                 .find(|other| other.token.as_ref() == Some(token));
@@ -988,6 +964,18 @@ fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// A secret or token of at least [`MIN_SECRET_LEN`] characters.
+fn long_enough(key: &str, secret: &Secret) -> Result<(), ConfigError> {
+    let len = secret.expose().len();
+    if len < MIN_SECRET_LEN {
+        return Err(invalid(
+            key,
+            format!("is {len} characters long; use at least {MIN_SECRET_LEN} random characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_secret(
