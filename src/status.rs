@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -175,18 +175,20 @@ impl Board {
                 "rss_bytes": rss_bytes(),
                 "budget_bytes": config.limits.memory_budget_bytes(),
             },
-            "uptime_secs": Duration::from_secs(now).as_secs(),
+            "uptime_secs": now,
             "version": env!("CARGO_PKG_VERSION"),
             "now": now_rfc3339(),
         })
     }
 }
 
-/// The relay's resident memory, from `/proc/self/statm` (Linux); `None` elsewhere.
+/// The relay's resident memory, from `VmRSS` in `/proc/self/status` (Linux; in kB whatever
+/// the page size, which is 16 KiB on a Raspberry Pi 5); `None` elsewhere.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
