@@ -258,10 +258,12 @@ impl Metrics {
         out
     }
 
-    pub fn reject(&self, reason: &str) {
+    /// Counts a refused webhook and lists it on the status page.
+    pub fn reject(&self, status: u16, reason: &'static str, message: &str) {
         self.webhook_rejects
             .get_or_create(&reason_labels(reason))
             .inc();
+        self.board.reject(status, reason, message);
     }
 }
 

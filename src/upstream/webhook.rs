@@ -86,10 +86,7 @@ where
             "webhook accepted"
         ),
         Err(reject) => {
-            metrics.reject(reject.reason);
-            metrics
-                .board
-                .reject(reject.status.as_u16(), reject.reason, &reject.message);
+            metrics.reject(reject.status.as_u16(), reject.reason, &reject.message);
             warn!(
                 status = reject.status.as_u16(),
                 reason = reject.reason,
