@@ -193,12 +193,17 @@ impl Kiosk {
 
     /// Connects with `auth` as the Socket.IO handshake data (none when `null`).
     pub async fn connect_with_auth(relay: &Relay, auth: Value) -> Kiosk {
+        Self::connect_to(relay, "/", auth).await
+    }
+
+    /// Connects to `namespace` with `auth` (none when `null`).
+    pub async fn connect_to(relay: &Relay, namespace: &str, auth: Value) -> Kiosk {
         let (tx, rx) = mpsc::channel(KIOSK_BUFFER);
         let on_event = tx.clone();
         let on_close = tx.clone();
         let on_error = tx.clone();
         let mut builder = ClientBuilder::new(relay.url("/"))
-            .namespace("/")
+            .namespace(namespace)
             .reconnect(false);
         if !auth.is_null() {
             builder = builder.auth(auth);

@@ -317,6 +317,113 @@ pub struct CollectionConfig {
     /// into a related item): kiosks can subscribe to just the items with a given value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rooms_by: Vec<String>,
+    /// The Socket.IO namespace kiosks connect to for this collection's events.
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// The event name of every action: a name, or a template with `{collection}` and
+    /// `{action}` (`create`, `update`, `pre-delete`, `delete`).
+    #[serde(default = "defaults::event_name")]
+    pub event_name: String,
+    /// Per-action names (or templates) that replace `event_name` for those actions.
+    #[serde(default, skip_serializing_if = "EventNames::is_empty")]
+    pub event_names: EventNames,
+    /// Whether kiosks get `data.pre-delete` before `data.delete`.
+    #[serde(default = "defaults::yes")]
+    pub pre_delete: bool,
+    /// The record fields kiosks receive, in events and snapshots (paths such as
+    /// `"image.url"` allowed; the key field is always kept). Empty: every field read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emit_fields: Vec<String>,
+    /// Whether events carry `payload`, the submitted change.
+    #[serde(default = "defaults::yes")]
+    pub emit_payload: bool,
+    /// Events carry only `{collection, keys, seq}` and snapshots only keys, for screens that
+    /// fetch the items themselves.
+    #[serde(default)]
+    pub compact: bool,
+}
+
+impl CollectionConfig {
+    /// A collection with every setting at its default.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            key_field: defaults::key_field(),
+            fields: defaults::fields(),
+            rooms_by: Vec::new(),
+            namespace: defaults::namespace(),
+            event_name: defaults::event_name(),
+            event_names: EventNames::default(),
+            pre_delete: true,
+            emit_fields: Vec::new(),
+            emit_payload: true,
+            compact: false,
+        }
+    }
+
+    /// The event name (or template) for `action` (`create`, `update`, `pre-delete`, `delete`).
+    pub fn event_template(&self, action: &str) -> &str {
+        let custom = match action {
+            "create" => &self.event_names.create,
+            "update" => &self.event_names.update,
+            "pre-delete" => &self.event_names.pre_delete,
+            "delete" => &self.event_names.delete,
+            _ => &None,
+        };
+        custom.as_deref().unwrap_or(&self.event_name)
+    }
+}
+
+/// Per-action event names of a collection; unset ones follow `event_name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+    #[serde(
+        default,
+        rename = "pre-delete",
+        alias = "pre_delete",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pre_delete: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<String>,
+}
+
+impl EventNames {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The actions an event name is given for, as `{action}` spells them.
+pub const EVENT_ACTIONS: [&str; 4] = ["create", "update", "pre-delete", "delete"];
+
+/// Event names Socket.IO clients keep for themselves, and the relay's own: a data event with
+/// one of these names would never reach a kiosk's handler, or would be mistaken for another.
+pub const RESERVED_EVENT_NAMES: [&str; 9] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+    "error",
+    "relay.status",
+    "subscribe",
+];
+
+/// The longest event name accepted.
+pub const MAX_EVENT_NAME_LEN: usize = 128;
+
+/// `template` with `{collection}` and `{action}` filled in.
+pub fn expand_event_name(template: &str, collection: &str, action: &str) -> String {
+    template
+        .replace("{collection}", collection)
+        .replace("{action}", action)
 }
 
 /// Named bounds on every queue, buffer and input. See the README for the policy when full.
@@ -424,6 +531,15 @@ mod defaults {
     }
     pub fn fields() -> Vec<String> {
         vec!["*".into()]
+    }
+    pub fn namespace() -> String {
+        "/".into()
+    }
+    pub fn event_name() -> String {
+        "data.{action}".into()
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn mode() -> Mode {
         Mode::Websocket
@@ -672,28 +788,8 @@ impl Config {
                     format!("must include the key field {:?} (or \"*\")", c.key_field),
                 ));
             }
-            let mut routed = HashSet::new();
-            for (j, field) in c.rooms_by.iter().enumerate() {
-                let key = format!("collections[{i}].rooms_by[{j}]");
-                let valid = !field.is_empty()
-                    && field.split('.').all(|part| {
-                        !part.is_empty()
-                            && part
-                                .chars()
-                                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
-                    });
-                if !valid {
-                    return Err(invalid(
-                        key,
-                        format!(
-                            "{field:?} is not a field name (or a path such as \"screen.code\")"
-                        ),
-                    ));
-                }
-                if !routed.insert(field.as_str()) {
-                    return Err(invalid(key, format!("{field:?} is listed twice")));
-                }
-            }
+            field_paths(&format!("collections[{i}].rooms_by"), &c.rooms_by)?;
+            validate_shape(&format!("collections[{i}]"), c)?;
         }
         if self.persist_interval < Duration::from_millis(100) {
             return Err(invalid("persist_interval", "must be at least 100ms"));
@@ -845,12 +941,7 @@ impl Config {
     /// configured every collection is relayed with default settings.
     pub fn collection(&self, name: &str) -> Option<CollectionConfig> {
         if self.collections.is_empty() {
-            return Some(CollectionConfig {
-                name: name.to_owned(),
-                key_field: defaults::key_field(),
-                fields: defaults::fields(),
-                rooms_by: Vec::new(),
-            });
+            return Some(CollectionConfig::new(name));
         }
         self.collections.iter().find(|c| c.name == name).cloned()
     }
@@ -967,6 +1058,124 @@ fn is_loopback(url: &url::Url) -> bool {
 }
 
 /// A secret or token of at least [`MIN_SECRET_LEN`] characters.
+/// A list of field names or paths such as `"screen.code"`, none twice.
+fn field_paths(key: &str, fields: &[String]) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (j, field) in fields.iter().enumerate() {
+        let key = format!("{key}[{j}]");
+        let valid = !field.is_empty()
+            && field.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !valid {
+            return Err(invalid(
+                key,
+                format!("{field:?} is not a field name (or a path such as \"screen.code\")"),
+            ));
+        }
+        if !seen.insert(field.as_str()) {
+            return Err(invalid(key, format!("{field:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// How a collection's events look: namespace, event names, emitted fields.
+fn validate_shape(key: &str, c: &CollectionConfig) -> Result<(), ConfigError> {
+    let ns = &c.namespace;
+    let valid_ns = ns == "/"
+        || (ns.starts_with('/')
+            && ns[1..].split('/').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            }));
+    if !valid_ns {
+        return Err(invalid(
+            format!("{key}.namespace"),
+            format!(
+                "{ns:?} is not a Socket.IO namespace such as \"/\" or \"/menu\" (letters, digits, _ and -, after a /)"
+            ),
+        ));
+    }
+    let names = [
+        ("event_name", Some(&c.event_name), &EVENT_ACTIONS[..]),
+        (
+            "event_names.create",
+            c.event_names.create.as_ref(),
+            &["create"],
+        ),
+        (
+            "event_names.update",
+            c.event_names.update.as_ref(),
+            &["update"],
+        ),
+        (
+            "event_names.pre-delete",
+            c.event_names.pre_delete.as_ref(),
+            &["pre-delete"],
+        ),
+        (
+            "event_names.delete",
+            c.event_names.delete.as_ref(),
+            &["delete"],
+        ),
+    ];
+    for (name_key, template, actions) in names {
+        let Some(template) = template else { continue };
+        let name_key = format!("{key}.{name_key}");
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c);
+            let placeholder = close.map(|close| &rest[open..=close]);
+            match placeholder {
+                Some("{collection}" | "{action}") => rest = &rest[open + 1..],
+                _ => {
+                    return Err(invalid(
+                        name_key,
+                        format!(
+                            "{template:?} has an unknown placeholder {:?}: only {{collection}} and {{action}} are filled in",
+                            placeholder.unwrap_or(&rest[open..])
+                        ),
+                    ));
+                }
+            }
+        }
+        for action in actions {
+            let name = expand_event_name(template, &c.name, action);
+            if name.is_empty() {
+                return Err(invalid(name_key, "must not be empty"));
+            }
+            if name.len() > MAX_EVENT_NAME_LEN {
+                return Err(invalid(
+                    name_key,
+                    format!("{name:?} is longer than {MAX_EVENT_NAME_LEN} bytes"),
+                ));
+            }
+            if RESERVED_EVENT_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    name_key,
+                    format!(
+                        "{name:?} is reserved (Socket.IO clients keep connect, connect_error, disconnect, disconnecting, newListener, removeListener and error for themselves; relay.status and subscribe are the relay's own): choose another name"
+                    ),
+                ));
+            }
+        }
+    }
+    field_paths(&format!("{key}.emit_fields"), &c.emit_fields)?;
+    if c.compact && !c.emit_fields.is_empty() {
+        return Err(invalid(
+            format!("{key}.emit_fields"),
+            "compact events carry no fields: remove emit_fields or set compact = false",
+        ));
+    }
+    Ok(())
+}
+
 fn long_enough(key: &str, secret: &Secret) -> Result<(), ConfigError> {
     let len = secret.expose().len();
     if len < MIN_SECRET_LEN {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::access::{Access, Gate, Refused};
 use crate::config::{Config, Limits};
+use crate::hub::shape::Shapes;
 use crate::hub::{self, Command, HubHandle, SubscribeRequest};
 use crate::metrics::{self, Metrics};
 
@@ -28,49 +29,85 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
         .ws_max_frame_size(limits.max_message_bytes)
 }
 
-/// Registers the `/` namespace. A kiosk's token is checked, its handlers are set up, and it
-/// joins the rooms of what it may read, in the connect middleware: socketioxide awaits the
-/// middleware before it confirms the connection, so even a kiosk that subscribes at once is
-/// heard. The hub then tells it the relay's status.
+/// Registers the namespaces: `/` and those the collections name. A kiosk's token is checked,
+/// its handlers are set up, and it joins the rooms of what it may read, in the connect
+/// middleware: socketioxide awaits the middleware before it confirms the connection, so even a
+/// kiosk that subscribes at once is heard. The hub then tells it the relay's status.
 pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, config: &Config) {
-    let setup_hub = hub.clone();
     let connected = Arc::new(AtomicUsize::new(0));
-    let max_clients = config.limits.max_clients;
     let gate = Arc::new(Gate::new(&config.clients));
-    let setup = move |socket: SocketRef, TryData(auth): TryData<Value>| {
-        let hub = setup_hub.clone();
-        let metrics = metrics.clone();
-        let connected = connected.clone();
-        let gate = gate.clone();
-        async move {
-            let auth = auth.unwrap_or(Value::Null);
-            let refuse = |refused: Refused| {
-                metrics
-                    .kiosks_refused
-                    .get_or_create(&metrics::reason_labels(refused.label()))
-                    .inc();
-                warn!(sid = %socket.id, reason = %refused, "kiosk refused");
-                refused
-            };
-            let token = match auth.get("token") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(token)) => Some(token.as_str()),
-                Some(_) => return Err(refuse(Refused::BadToken)),
-            };
-            let access = gate.admit(token).map_err(refuse)?;
-            if connected.fetch_add(1, Ordering::SeqCst) >= max_clients {
-                connected.fetch_sub(1, Ordering::SeqCst);
-                return Err(refuse(Refused::Full(max_clients)));
-            }
-            let will_subscribe = auth.get("collections").is_some();
-            set_up(&socket, hub, metrics, connected, access, will_subscribe);
-            Ok(())
+    for namespace in Shapes::namespaces(config) {
+        let kiosks = Kiosks {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            connected: connected.clone(),
+            max_clients: config.limits.max_clients,
+            gate: gate.clone(),
+        };
+        let hub = hub.clone();
+        let announce = async move |socket: SocketRef| {
+            hub.send(Command::Connected(socket)).await.ok();
+        };
+        let setup = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+            let kiosks = kiosks.clone();
+            async move { kiosks.admit(socket, auth.unwrap_or(Value::Null)) }
+        };
+        io.ns(namespace, announce.with(setup));
+    }
+}
+
+/// What the connect middleware of every namespace shares: kiosks are counted across them.
+#[derive(Debug, Clone)]
+struct Kiosks {
+    hub: HubHandle,
+    metrics: Arc<Metrics>,
+    connected: Arc<AtomicUsize>,
+    max_clients: usize,
+    gate: Arc<Gate>,
+}
+
+impl Kiosks {
+    /// Checks the kiosk's token (from the handshake's `auth`, or the `token` query parameter
+    /// that socket.io-client 2.x, which has no `auth`, sends) and the kiosk limit.
+    fn admit(&self, socket: SocketRef, auth: Value) -> Result<(), Refused> {
+        let refuse = |refused: Refused| {
+            self.metrics
+                .kiosks_refused
+                .get_or_create(&metrics::reason_labels(refused.label()))
+                .inc();
+            warn!(sid = %socket.id, reason = %refused, "kiosk refused");
+            refused
+        };
+        let query_token = query_token(&socket);
+        let token = match auth.get("token") {
+            None | Some(Value::Null) => query_token.as_deref(),
+            Some(Value::String(token)) => Some(token.as_str()),
+            Some(_) => return Err(refuse(Refused::BadToken)),
+        };
+        let access = self.gate.admit(token).map_err(refuse)?;
+        if self.connected.fetch_add(1, Ordering::SeqCst) >= self.max_clients {
+            self.connected.fetch_sub(1, Ordering::SeqCst);
+            return Err(refuse(Refused::Full(self.max_clients)));
         }
-    };
-    let announce = async move |socket: SocketRef| {
-        hub.send(Command::Connected(socket)).await.ok();
-    };
-    io.ns("/", announce.with(setup));
+        let will_subscribe = auth.get("collections").is_some();
+        set_up(
+            &socket,
+            self.hub.clone(),
+            self.metrics.clone(),
+            self.connected.clone(),
+            access,
+            will_subscribe,
+        );
+        Ok(())
+    }
+}
+
+/// The `token` parameter of the handshake's query string, if any.
+fn query_token(socket: &SocketRef) -> Option<String> {
+    let query = socket.req_parts().uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// A kiosk that announces in its handshake that it will subscribe

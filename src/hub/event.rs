@@ -1,5 +1,6 @@
 //! What flows through the hub: a [`Change`] from upstream in, an [`Event`] for kiosks out.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,13 +108,16 @@ impl EventName {
 #[derive(Debug, Serialize)]
 pub struct EventBody<'a> {
     pub collection: &'a str,
+    /// Said when the collection's events are renamed: one name may stand for several actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
     pub keys: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<&'a Value>,
+    pub payload: Option<Cow<'a, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<&'a Value>,
+    pub record: Option<Cow<'a, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub records: Option<Vec<&'a Value>>,
+    pub records: Option<Vec<Cow<'a, Value>>>,
     /// For an event of a routed room: `{field: value}`.
     #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
     pub room: Option<Value>,
@@ -127,6 +131,7 @@ impl<'a> EventBody<'a> {
     pub fn new(collection: &'a str, keys: Vec<&'a str>) -> Self {
         Self {
             collection,
+            action: None,
             keys,
             payload: None,
             record: None,
@@ -137,21 +142,26 @@ impl<'a> EventBody<'a> {
     }
 }
 
-/// The body of an event as kiosks receive it (DESIGN.md §2).
+/// The body of an event as kiosks receive it (DESIGN.md §2); compact events have no `ts`.
 #[derive(Debug, Serialize)]
 pub struct Stamped<'a> {
     #[serde(flatten)]
     pub body: &'a EventBody<'a>,
     pub seq: u64,
-    pub ts: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<&'a str>,
 }
 
 /// An event as sent to kiosks, serialised once, kept in the replay ring.
 #[derive(Debug)]
 pub struct Event {
     pub seq: u64,
-    pub name: EventName,
+    pub action: EventName,
+    /// The name kiosks receive it under (`data.update` unless the collection renames it).
+    pub name: Arc<str>,
     pub collection: Arc<str>,
+    /// The namespace it went to.
+    pub namespace: Arc<str>,
     /// The routed room it went to; `None`: the collection's room.
     pub room: Option<Box<str>>,
     /// The JSON body, ready to send.
@@ -159,7 +169,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// Bytes this event holds, for the replay ring's byte bound.
+    /// Bytes this event holds, for the replay ring's byte bound (names and namespaces are
+    /// shared by all events of a collection).
     pub fn weight(&self) -> usize {
         self.body.get().len()
             + self.collection.len()

@@ -136,13 +136,13 @@ impl Mirror {
         Some(record)
     }
 
-    /// All records of a mirrored collection (in no particular order), or `None` when it is
+    /// All keys and records of a mirrored collection (in no particular order), or `None` when it is
     /// not mirrored.
-    pub fn snapshot(&self, collection: &str) -> Option<Vec<&Value>> {
+    pub fn snapshot(&self, collection: &str) -> Option<Vec<(&String, &Value)>> {
         match self.collections.get(collection) {
             None => Some(Vec::new()),
             Some(c) if c.overflow.is_some() => None,
-            Some(c) => Some(c.items.values().collect()),
+            Some(c) => Some(c.items.iter().collect()),
         }
     }
 

@@ -9,8 +9,10 @@ pub mod event;
 pub mod mirror;
 pub mod replay;
 pub mod rooms;
+pub mod shape;
 pub mod state;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,7 @@ use futures_util::FutureExt;
 use mirror::{Fingerprints, Mirror, Put};
 use replay::ReplayRing;
 use rooms::Item;
+use shape::Shapes;
 
 /// The room every kiosk is in until it subscribes: it receives every collection, as with the
 /// Directus hook extension.
@@ -360,6 +363,9 @@ struct Subscribed;
 struct Hub {
     config: Config,
     io: SocketIo,
+    /// How each collection's events look, and the namespaces they go to.
+    shapes: Shapes,
+    namespaces: Vec<String>,
     metrics: Arc<Metrics>,
     epoch: String,
     seq: u64,
@@ -396,6 +402,8 @@ impl Hub {
                 None => (Upstream::Live, now_rfc3339()),
                 Some(_) => (Upstream::CatchingUp, now_rfc3339()),
             },
+            shapes: Shapes::new(&config),
+            namespaces: Shapes::namespaces(&config),
             config,
             io,
             metrics,
@@ -758,16 +766,22 @@ impl Hub {
             ..EventBody::new(collection, keys)
         };
         let room_name = room.map(|r| r.name.as_str());
+        let payload = payload.map(Cow::Borrowed);
         for item in &change.arrived {
             let event = EventBody {
-                payload,
-                record: Some(&item.record),
+                payload: payload.clone(),
+                record: Some(Cow::Borrowed(&item.record)),
                 ..body(vec![&item.key])
             };
             self.emit(EventName::Create, event, room_name);
         }
         let keys = |items: &[&'a Item]| items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>();
-        let records = |items: &[&'a Item]| items.iter().map(|i| &i.record).collect::<Vec<_>>();
+        let records = |items: &[&'a Item]| {
+            items
+                .iter()
+                .map(|i| Cow::Borrowed(&i.record))
+                .collect::<Vec<_>>()
+        };
         if !change.updated.is_empty() {
             let event = EventBody {
                 payload,
@@ -814,7 +828,7 @@ impl Hub {
         }
         self.publish_status();
         let status = self.status();
-        for socket in self.kiosks(None) {
+        for socket in self.kiosks() {
             if let Err(e) = socket.emit("relay.status", &status) {
                 self.send_failed(&socket, e);
             }
@@ -865,15 +879,21 @@ impl Hub {
     /// Assigns the next seq, serialises the event once, keeps it for replay and queues it to
     /// every kiosk of its room: a routed room, or the collection's room and the
     /// all-collections room.
-    fn emit(&mut self, name: EventName, body: EventBody<'_>, room: Option<&str>) {
+    fn emit(&mut self, action: EventName, body: EventBody<'_>, room: Option<&str>) {
         let collection = body.collection;
+        let shape = self.shapes.get(collection).clone();
+        let Some(name) = shape.name(action).cloned() else {
+            return;
+        };
+        let body = shape.shape(body, action);
         self.seq += 1;
         let ts = now_rfc3339();
         if room.is_none() {
             let board = &self.metrics.board;
-            board.event(self.seq, collection, name.action(), &body.keys, &ts);
+            board.event(self.seq, collection, action.action(), &body.keys, &ts);
         }
-        let body = match self.serialise_event(body, &ts) {
+        let ts = (!shape.compact).then_some(ts.as_str());
+        let body = match self.serialise_event(body, ts) {
             Ok(body) => body,
             Err(e) => {
                 // Values that came in as JSON always serialise; this is a bug, not bad input.
@@ -884,8 +904,10 @@ impl Hub {
         };
         let event = Arc::new(Event {
             seq: self.seq,
+            action,
             name,
             collection: collection.into(),
+            namespace: shape.namespace.clone(),
             room: room.map(Into::into),
             body,
         });
@@ -897,7 +919,7 @@ impl Hub {
         self.metrics.replay_bytes.set(self.ring.bytes() as i64);
         self.metrics
             .events_out
-            .get_or_create(&metrics::event_labels(collection, name.action()))
+            .get_or_create(&metrics::event_labels(collection, action.action()))
             .inc();
         let rooms = match room {
             Some(room) => vec![room.to_owned()],
@@ -906,22 +928,27 @@ impl Hub {
         self.broadcast(rooms, &event);
     }
 
-    /// Tells the status page about the mirror and the kiosks per room.
+    /// Tells the status page about the mirror and the kiosks per room (rooms of a namespace
+    /// other than `/` are prefixed with it).
     fn publish_board(&self) {
-        let Some(ns) = self.io.of("/") else {
-            return;
-        };
-        let rooms = ns.clone().rooms().now_or_never().and_then(Result::ok);
-        let mut rooms: Vec<(String, usize)> = rooms
-            .unwrap_or_default()
-            .into_iter()
-            .map(|room| {
-                let kiosks = ns.clone().to(room.clone()).sockets().len();
-                (room.to_string(), kiosks)
-            })
-            .collect();
+        let mut rooms: Vec<(String, usize)> = Vec::new();
+        let mut kiosks = 0;
+        for path in &self.namespaces {
+            let Some(ns) = self.io.of(path.as_str()) else {
+                continue;
+            };
+            let names = ns.clone().rooms().now_or_never().and_then(Result::ok);
+            for room in names.unwrap_or_default() {
+                let count = ns.clone().to(room.clone()).sockets().len();
+                let label = match path.as_str() {
+                    "/" => room.to_string(),
+                    path => format!("{path} {room}"),
+                };
+                rooms.push((label, count));
+            }
+            kiosks += ns.sockets().len();
+        }
         rooms.sort();
-        let kiosks = ns.sockets().len();
         self.metrics
             .board
             .set_kiosks(self.mirror.stats(), rooms, kiosks);
@@ -932,7 +959,7 @@ impl Hub {
     fn serialise_event(
         &self,
         body: EventBody<'_>,
-        ts: &str,
+        ts: Option<&str>,
     ) -> serde_json::Result<Box<serde_json::value::RawValue>> {
         let stamp = |body: &EventBody<'_>| {
             serde_json::value::to_raw_value(&Stamped {
@@ -969,7 +996,7 @@ impl Hub {
     /// Queues `event` to every kiosk in `rooms`, encoded once for all of them. A kiosk whose
     /// queue is full is cut off first, so no kiosk silently misses an event.
     fn broadcast(&self, rooms: Vec<String>, event: &Event) {
-        let Some(ns) = self.io.of("/") else {
+        let Some(ns) = self.io.of(&*event.namespace) else {
             return;
         };
         let sockets = ns.clone().to(rooms.clone()).sockets();
@@ -983,10 +1010,7 @@ impl Hub {
                 receivers -= 1;
             }
         }
-        let sent = ns
-            .to(rooms)
-            .emit(event.name.as_str(), &*event.body)
-            .now_or_never();
+        let sent = ns.to(rooms).emit(&*event.name, &*event.body).now_or_never();
         match sent {
             Some(Ok(())) => {}
             Some(Err(socketioxide::BroadcastError::Socket(errors))) => {
@@ -1007,22 +1031,20 @@ impl Hub {
         self.metrics.deliveries.inc_by(receivers as u64);
     }
 
-    /// The kiosks in `rooms` (all when `None`). None once the Socket.IO server is closed at
-    /// shutdown: socketioxide's `io.to`/`io.sockets` panic then, and the hub still applies the
+    /// Every connected kiosk, in every namespace. None once the Socket.IO server is closed at
+    /// shutdown: socketioxide's `io.sockets` panics then, and the hub still applies the
     /// changes accepted during the grace period before its last save.
-    fn kiosks(&self, rooms: Option<Vec<String>>) -> Vec<SocketRef> {
-        let Some(ns) = self.io.of("/") else {
-            return Vec::new();
-        };
-        match rooms {
-            Some(rooms) => ns.to(rooms).sockets(),
-            None => ns.sockets(),
-        }
+    fn kiosks(&self) -> Vec<SocketRef> {
+        self.namespaces
+            .iter()
+            .filter_map(|path| self.io.of(path.as_str()))
+            .flat_map(|ns| ns.sockets())
+            .collect()
     }
 
     /// Sends one event to one kiosk (a replay).
     fn send(&self, socket: &SocketRef, event: &Event) {
-        match socket.emit(event.name.as_str(), &*event.body) {
+        match socket.emit(&*event.name, &*event.body) {
             Ok(()) => {
                 self.metrics.deliveries.inc();
             }
@@ -1099,7 +1121,7 @@ impl Hub {
         let gone = !socket.connected()
             && self
                 .io
-                .of("/")
+                .of(socket.ns())
                 .and_then(|ns| ns.get_socket(socket.id))
                 .is_none();
         if socket.extensions.get::<CutOff>().is_some() || gone {
@@ -1200,6 +1222,16 @@ impl Hub {
                     ),
                 ));
             };
+            let namespace = &*self.shapes.get(name).namespace;
+            if namespace != socket.ns() {
+                return Err((
+                    "wrong-namespace",
+                    format!(
+                        "collection {name:?} is served on the namespace {namespace:?}: connect to it there (io(\"http://<relay>{}\"))",
+                        if namespace == "/" { "" } else { namespace }
+                    ),
+                ));
+            }
             if !access.as_ref().is_some_and(|a| a.may_read(name)) {
                 let token = access.as_ref().map_or("none", |a| &*a.name);
                 return Err((
@@ -1222,14 +1254,26 @@ impl Hub {
         Ok(targets)
     }
 
-    /// The current items of a target, or why there are none.
+    /// The current items of a target as kiosks receive them (projected, or just their keys
+    /// when compact), or why there are none.
     fn snapshot(&self, target: &Target) -> Value {
         let collection = target.collection.as_str();
+        let shape = self.shapes.get(collection);
         match self.mirror.snapshot(collection) {
             Some(mut items) => {
                 if let Some(room) = &target.room {
-                    items.retain(|record| rooms::values(record, &room.field).contains(&room.value));
+                    items.retain(|(_, record)| {
+                        rooms::values(record, &room.field).contains(&room.value)
+                    });
                 }
+                if shape.compact {
+                    let keys: Vec<&str> = items.iter().map(|(key, _)| key.as_str()).collect();
+                    return json!({ "mode": "snapshot", "keys": keys });
+                }
+                let items: Vec<Cow<Value>> = items
+                    .into_iter()
+                    .map(|(_, record)| shape.project(record))
+                    .collect();
                 json!({ "mode": "snapshot", "items": items })
             }
             None => json!({
@@ -1368,13 +1412,13 @@ mod tests {
     }
 
     /// (seq, event name, body) of everything in the ring after `since`.
-    fn events(hub: &Hub, since: u64) -> Vec<(u64, &'static str, Value)> {
+    fn events(hub: &Hub, since: u64) -> Vec<(u64, String, Value)> {
         hub.ring
             .since(since)
             .expect("in the ring")
             .map(|e| {
                 let body: Value = serde_json::from_str(e.body.get()).expect("JSON");
-                (e.seq, e.name.as_str(), body)
+                (e.seq, e.name.to_string(), body)
             })
             .collect()
     }
@@ -1402,7 +1446,7 @@ mod tests {
         ));
         hub.apply(change("screens", Action::Delete, &[json!(1)], None));
         let got = events(&hub, 0);
-        let names: Vec<(u64, &str)> = got.iter().map(|(s, n, _)| (*s, *n)).collect();
+        let names: Vec<(u64, &str)> = got.iter().map(|(s, n, _)| (*s, n.as_str())).collect();
         assert_eq!(
             names,
             vec![
@@ -1594,7 +1638,11 @@ mod tests {
     #[test]
     fn changes_after_the_socket_io_server_closed_are_still_applied() {
         let mut hub = hub("");
-        hub.io.delete_ns("/");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(hub.io.close());
         hub.apply(change(
             "screens",
             Action::Create,
@@ -1764,5 +1812,103 @@ mod tests {
         let offline = saved_from(&hub, true);
         assert!(offline.saved_unix >= live.saved_unix);
         assert_ne!(offline.saved_at, "2026-11-28T17:00:00.000Z");
+    }
+
+    #[test]
+    fn renamed_events_say_their_action_and_pre_delete_can_be_off() {
+        let mut hub = hub(
+            "[[collections]]\nname = \"menu\"\nevent_name = \"menu:changed\"\nevent_names = { delete = \"{collection}.removed\" }\npre_delete = false",
+        );
+        hub.apply(change(
+            "menu",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"a": 1})),
+        ));
+        hub.apply(change(
+            "menu",
+            Action::Update,
+            &[json!(1)],
+            Some(json!({"a": 2})),
+        ));
+        hub.apply(change("menu", Action::Delete, &[json!(1)], None));
+        hub.apply(change("screens", Action::Delete, &[json!(5)], None));
+        let got: Vec<(u64, String, Value)> = events(&hub, 0)
+            .into_iter()
+            .map(|(seq, name, body)| (seq, name, body["action"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "menu:changed".into(), json!("create")),
+                (2, "menu:changed".into(), json!("update")),
+                (3, "menu.removed".into(), json!("delete")),
+                (4, "data.pre-delete".into(), Value::Null),
+                (5, "data.delete".into(), Value::Null),
+            ],
+            "seqs stay consecutive without pre-delete; other collections keep data.*"
+        );
+    }
+
+    #[test]
+    fn events_and_snapshots_carry_only_the_emitted_fields() {
+        let mut hub = hub(
+            "[[collections]]\nname = \"menu\"\nemit_fields = [\"title\"]\nemit_payload = false",
+        );
+        let record = json!({"title": "Soup", "cost": 2});
+        hub.apply(change("menu", Action::Create, &[json!(1)], Some(record)));
+        hub.apply(change(
+            "menu",
+            Action::Update,
+            &[json!(1)],
+            Some(json!({"cost": 3})),
+        ));
+        let got = events(&hub, 0);
+        assert_eq!(got[0].2["record"], json!({"id": 1, "title": "Soup"}));
+        assert_eq!(got[1].2["records"], json!([{"id": 1, "title": "Soup"}]));
+        assert!(got.iter().all(|(_, _, body)| body.get("payload").is_none()));
+        let target = Target {
+            collection: "menu".into(),
+            room: None,
+        };
+        assert_eq!(
+            hub.snapshot(&target),
+            json!({"mode": "snapshot", "items": [{"id": 1, "title": "Soup"}]})
+        );
+        assert_eq!(
+            hub.mirror.get("menu", "1"),
+            Some(&json!({"id": 1, "title": "Soup", "cost": 3})),
+            "the mirror keeps every field read"
+        );
+    }
+
+    #[test]
+    fn compact_events_and_snapshots_carry_keys_only() {
+        let mut hub = hub("[[collections]]\nname = \"menu\"\ncompact = true");
+        hub.apply(change(
+            "menu",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"t": 1})),
+        ));
+        hub.apply(change(
+            "menu",
+            Action::Create,
+            &[json!("b")],
+            Some(json!({"t": 2})),
+        ));
+        let got = events(&hub, 0);
+        assert_eq!(
+            got[0].2,
+            json!({"collection": "menu", "keys": ["1"], "seq": 1})
+        );
+        let target = Target {
+            collection: "menu".into(),
+            room: None,
+        };
+        let mut snapshot = hub.snapshot(&target);
+        let keys = snapshot["keys"].as_array_mut().expect("keys");
+        keys.sort_by_key(|k| k.to_string());
+        assert_eq!(snapshot, json!({"mode": "snapshot", "keys": ["1", "b"]}));
     }
 }

@@ -83,8 +83,10 @@ mod tests {
     fn event(seq: u64, body: &str) -> Arc<Event> {
         Arc::new(Event {
             seq,
-            name: EventName::Update,
+            action: EventName::Update,
+            name: "data.update".into(),
             collection: "screens".into(),
+            namespace: "/".into(),
             room: None,
             body: RawValue::from_string(format!("\"{body}\"")).expect("valid JSON"),
         })

@@ -279,12 +279,7 @@ mod tests {
     /// Messages captured from Directus 12.4.0 (`ws_capture_subscriptions.jsonl`).
     #[test]
     fn turns_captured_events_into_current_records() {
-        let screens = CollectionConfig {
-            name: "screens".into(),
-            key_field: "id".into(),
-            fields: vec!["*".into()],
-            rooms_by: Vec::new(),
-        };
+        let screens = CollectionConfig::new("screens");
         let collections: HashMap<&str, &CollectionConfig> = [("screens", &screens)].into();
         let cases = [
             (
