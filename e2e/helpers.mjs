@@ -10,6 +10,7 @@ import http from "node:http";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
+import ioV2 from "socket.io-client-v2";
 
 export const E2E_DIR = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = process.env.REPO_ROOT ?? join(E2E_DIR, "..");
@@ -134,28 +135,26 @@ export function postLarge(size, { chunked = false, expectContinue = false } = {}
 /**
  * A kiosk: one socket.io-client socket on one transport, with every server event it receives
  * queued in arrival order as {name, body, at} (`at` from performance.now()).
+ *
+ * `legacy: true` uses socket.io-client 2.x (Engine.IO 3), as old signage players do: it has no
+ * handshake `auth`, so the token goes in the query; for a namespace other than `/` the query
+ * is given to the Manager only (socket.io-client 2.x also writes the socket's query into the
+ * namespace's name, which the relay then does not know).
  */
 export class Kiosk {
   /**
    * @param {"websocket"|"polling"} transport
    * @param {object} [auth] the handshake's auth, e.g. {token}
+   * @param {{namespace?: string, legacy?: boolean}} [options]
    */
-  constructor(transport, label = transport, auth = undefined) {
+  constructor(transport, label = transport, auth = undefined, { namespace = "/", legacy = false } = {}) {
     this.transport = transport;
     this.label = label;
+    this.legacy = legacy;
     this.queue = [];
     this.received = 0;
     this.waiter = null;
-    this.socket = io(RELAY_URL, {
-      transports: [transport],
-      upgrade: false,
-      forceNew: true,
-      reconnection: false,
-      timeout: SOON_MS,
-      autoConnect: false,
-      auth,
-    });
-    this.socket.onAny((name, body) => {
+    const record = (name, body) => {
       this.received += 1;
       this.queue.push({ name, body, at: performance.now() });
       if (this.waiter) {
@@ -163,7 +162,30 @@ export class Kiosk {
         this.waiter = null;
         w();
       }
-    });
+    };
+    const options = {
+      transports: [transport],
+      upgrade: false,
+      forceNew: true,
+      reconnection: false,
+      timeout: SOON_MS,
+      autoConnect: false,
+    };
+    if (legacy) {
+      const manager = new ioV2.Manager(RELAY_URL, { ...options, query: auth });
+      this.socket = manager.socket(namespace);
+      // socket.io-client 2.x has no onAny: every event passes through onevent.
+      const onevent = this.socket.onevent;
+      this.socket.onevent = function (packet) {
+        const [name, body] = packet.data ?? [];
+        record(name, body);
+        return onevent.call(this, packet);
+      };
+    } else {
+      const url = namespace === "/" ? RELAY_URL : `${RELAY_URL}${namespace}`;
+      this.socket = io(url, { ...options, auth });
+      this.socket.onAny(record);
+    }
   }
 
   /** Connects (or reconnects after disconnect()) and resolves once Socket.IO says so. */
@@ -171,16 +193,18 @@ export class Kiosk {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => done(new Error(`${this.label}: no connect within ${SOON_MS} ms`)), SOON_MS);
       const onConnect = () => done();
-      const onError = (e) => done(new Error(`${this.label}: connect_error: ${e.message}`));
+      const onError = (e) => done(new Error(`${this.label}: connect_error: ${e?.message ?? e}`));
+      // socket.io-client 2.x reports a refused connection as "error".
+      const errorEvent = this.legacy ? "error" : "connect_error";
       const done = (err) => {
         clearTimeout(timer);
         this.socket.off("connect", onConnect);
-        this.socket.off("connect_error", onError);
+        this.socket.off(errorEvent, onError);
         if (err) reject(err);
         else resolve();
       };
       this.socket.on("connect", onConnect);
-      this.socket.on("connect_error", onError);
+      this.socket.on(errorEvent, onError);
       this.socket.connect();
     });
   }
@@ -239,9 +263,11 @@ export class Kiosk {
    */
   subscribe(request, ms = SOON_MS) {
     return new Promise((resolve, reject) => {
-      this.socket.timeout(ms).emit("subscribe", request, (err, ack) => {
-        if (err) reject(new Error(`${this.label}: no subscribe ack within ${ms} ms`));
-        else resolve({ ack, before: this.received });
+      // socket.io-client 2.x has no emit timeout of its own.
+      const timer = setTimeout(() => reject(new Error(`${this.label}: no subscribe ack within ${ms} ms`)), ms);
+      this.socket.emit("subscribe", request, (ack) => {
+        clearTimeout(timer);
+        resolve({ ack, before: this.received });
       });
     });
   }
@@ -254,6 +280,12 @@ export class Kiosk {
     this.socket.disconnect();
     this.socket.io.engine?.close();
   }
+}
+
+/** Closes `kiosk` when test `t` ends, passed or failed, so a failed test leaves no socket open. */
+export function closing(t, kiosk) {
+  t.after(() => kiosk.close());
+  return kiosk;
 }
 
 /** Asserts a value is an RFC 3339 UTC time such as 2026-11-28T17:00:00.123Z. */

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests of directus-relay with the real socket.io-client (WebSocket and long-polling)
-# and the reference kiosk page in headless Debian Chromium (playwright-core).
+# End-to-end tests of directus-relay with the real socket.io-client 4 and 2 (WebSocket and
+# long-polling) and the reference kiosk page in headless Debian Chromium (playwright-core).
 #
 #   bash e2e/run.sh
 #
@@ -101,6 +101,20 @@ name = "announcements"
 name = "notices"
 rooms_by = ["screen"]
 
+# Shaped events (shaping.test.mjs): renamed, on a namespace of their own, projected; and compact.
+[[collections]]
+name = "menu"
+namespace = "/menu"
+event_name = "{collection}:{action}"
+event_names = { update = "menu:changed" }
+pre_delete = false
+emit_fields = ["title", "image.url"]
+emit_payload = false
+
+[[collections]]
+name = "tickers"
+compact = true
+
 [clients]
 allow_anonymous = true
 
@@ -145,7 +159,7 @@ tests_rc=0
 (cd "$E2E_DIR" && timeout --foreground 300 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
-  kiosk.test.mjs access.test.mjs cutoff.test.mjs browser.test.mjs) || tests_rc=$?
+  kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs browser.test.mjs) || tests_rc=$?
 
 count() { # the number after "# <word>" in the TAP summary, 0 when absent
   local n

@@ -130,3 +130,52 @@ fn sizes_and_durations_read_as_written() {
     assert_eq!(again.limits.replay_bytes, config.limits.replay_bytes);
     assert_eq!(again.shutdown_grace, config.shutdown_grace);
 }
+
+#[test]
+fn event_shaping_reads_as_written_with_defaults_for_the_rest() {
+    let config = Config::from_toml(
+        r#"clients.allow_anonymous = true
+[[collections]]
+name = "menu"
+namespace = "/menu"
+event_name = "{collection}:{action}"
+event_names = { update = "menu:changed", pre_delete = "menu:going" }
+pre_delete = false
+emit_fields = ["title", "image.url"]
+emit_payload = false
+[[collections]]
+name = "tickers"
+compact = true
+[[collections]]
+name = "screens"
+"#,
+    )
+    .expect("valid");
+    let menu = &config.collections[0];
+    assert_eq!(menu.namespace, "/menu");
+    assert_eq!(menu.event_template("create"), "{collection}:{action}");
+    assert_eq!(menu.event_template("update"), "menu:changed");
+    assert_eq!(menu.event_template("pre-delete"), "menu:going");
+    assert!(!menu.pre_delete);
+    assert_eq!(menu.emit_fields, ["title", "image.url"]);
+    assert!(!menu.emit_payload && !menu.compact);
+    assert!(config.collections[1].compact);
+    let screens = &config.collections[2];
+    assert_eq!(
+        (
+            screens.namespace.as_str(),
+            screens.event_template("delete"),
+            screens.pre_delete,
+            screens.emit_payload,
+            screens.compact
+        ),
+        ("/", "data.{action}", true, true, false)
+    );
+    assert!(screens.emit_fields.is_empty());
+    // check-config prints them, and what it prints reads back the same.
+    let printed = config.to_toml();
+    assert!(printed.contains("pre-delete = \"menu:going\""), "{printed}");
+    let again = Config::from_toml(&printed).expect("the printed config parses");
+    assert_eq!(again.collections[0].event_names, menu.event_names);
+    assert_eq!(again.collections[0].emit_fields, menu.emit_fields);
+}
