@@ -8,8 +8,9 @@
 #   RELAY_BIN=path   test this binary instead of building with `cargo build --release`
 #   E2E_STRICT=1     count known bugs (tests marked todo) as failures
 #
-# Installs what it needs (npm ci into e2e/node_modules; Debian chromium via apt-get when
-# /usr/bin/chromium is missing, which needs root), starts one relay on a free port, runs the
+# Installs what it needs (npm ci into e2e/node_modules; python-socketio into a venv in
+# e2e/.work/python, kept between runs; Debian chromium via apt-get when /usr/bin/chromium is
+# missing, which needs root), starts one relay on a free port, runs the
 # node tests against it, stops it with SIGTERM and checks it exits 0. The last line is
 # "N passed, M failed"; the exit status is non-zero when anything failed.
 set -euo pipefail
@@ -55,6 +56,20 @@ trap 'exit 143' TERM
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 log "installing npm dependencies (npm ci)"
 (cd "$E2E_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+
+# --- python-socketio, for the Python kiosk of docs/kiosk-protocol.md ---------------------
+PYTHON_SOCKETIO="python-socketio[client]==5.18.1"
+PYTHON_ENV="$E2E_DIR/.work/python"
+if ! "$PYTHON_ENV/bin/python" -m pip freeze 2>/dev/null | grep -qx 'python-socketio==5.18.1'; then
+  log "installing $PYTHON_SOCKETIO into $PYTHON_ENV"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    [[ $(id -u) -eq 0 ]] || { echo "python3 -m venv is missing and installing it needs root: apt-get install python3-venv" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  rm -rf "$PYTHON_ENV"
+  python3 -m venv "$PYTHON_ENV"
+  "$PYTHON_ENV/bin/python" -m pip install -q --disable-pip-version-check "$PYTHON_SOCKETIO"
+fi
 
 # --- the relay ---------------------------------------------------------------------------
 if [[ -z "${RELAY_BIN:-}" ]]; then
@@ -152,6 +167,7 @@ log "relay healthy (pid $RELAY_PID)"
 
 # --- the node tests ----------------------------------------------------------------------
 log "running the tests"
+export E2E_PYTHON="$PYTHON_ENV/bin/python"
 export E2E_RELAY_BIN="$RELAY_BIN" E2E_RELAY_URL="$RELAY_URL" E2E_RELAY_SECRET="$SECRET" E2E_LOBBY_TOKEN="$LOBBY_TOKEN" E2E_WEBHOOK_PATH="/hooks/directus" REPO_ROOT CHROMIUM
 export E2E_REPORT="$RUN_DIR/report.txt"
 : >"$E2E_REPORT"
@@ -159,7 +175,7 @@ tests_rc=0
 (cd "$E2E_DIR" && timeout --foreground 300 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
-  kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs browser.test.mjs) || tests_rc=$?
+  kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs python.test.mjs browser.test.mjs) || tests_rc=$?
 
 count() { # the number after "# <word>" in the TAP summary, 0 when absent
   local n
