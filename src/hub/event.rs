@@ -84,6 +84,14 @@ pub enum EventName {
 }
 
 impl EventName {
+    /// Every event, in the order of its action's life.
+    pub const ALL: [EventName; 4] = [
+        EventName::Create,
+        EventName::Update,
+        EventName::PreDelete,
+        EventName::Delete,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventName::Create => "data.create",

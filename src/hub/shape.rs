@@ -34,22 +34,11 @@ impl Shape {
             (event != EventName::PreDelete || c.pre_delete)
                 .then(|| expand_event_name(c.event_template(action), &c.name, action).into())
         };
-        let names = [
-            EventName::Create,
-            EventName::Update,
-            EventName::PreDelete,
-            EventName::Delete,
-        ]
-        .map(name);
-        let renamed = [
-            EventName::Create,
-            EventName::Update,
-            EventName::PreDelete,
-            EventName::Delete,
-        ]
-        .iter()
-        .zip(&names)
-        .any(|(event, name)| name.as_deref().is_some_and(|n| n != event.as_str()));
+        let names = EventName::ALL.map(name);
+        let renamed = EventName::ALL
+            .iter()
+            .zip(&names)
+            .any(|(event, name)| name.as_deref().is_some_and(|n| n != event.as_str()));
         Shape {
             namespace: c.namespace.as_str().into(),
             names,
@@ -211,12 +200,7 @@ mod tests {
     #[test]
     fn default_names_are_those_of_the_hook_extension() {
         let shape = Shape::new(&collection(""));
-        for event in [
-            EventName::Create,
-            EventName::Update,
-            EventName::PreDelete,
-            EventName::Delete,
-        ] {
+        for event in EventName::ALL {
             assert_eq!(shape.name(event).map(|n| &**n), Some(event.as_str()));
         }
         assert!(!shape.renamed);
@@ -228,13 +212,7 @@ mod tests {
         let shape = Shape::new(&collection(
             "event_name = \"{collection}.{action}\"\nevent_names = { update = \"menu:changed\" }\npre_delete = false",
         ));
-        let names = [
-            EventName::Create,
-            EventName::Update,
-            EventName::PreDelete,
-            EventName::Delete,
-        ]
-        .map(|e| shape.name(e).map(|n| n.to_string()));
+        let names = EventName::ALL.map(|e| shape.name(e).map(|n| n.to_string()));
         assert_eq!(
             names,
             [
