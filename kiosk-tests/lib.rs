@@ -4,6 +4,8 @@
 pub mod fake_directus;
 #[path = "../tests/common/pki.rs"]
 pub mod pki;
+#[path = "../tests/common/ws.rs"]
+pub mod ws;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::ws::next_text;
 use common::{CREATE, SECRET, post_hook};
 
 const BIN: &str = env!("CARGO_BIN_EXE_directus-relay");
@@ -372,23 +373,6 @@ async fn https_post_hook(mut tls: Tls, body: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {text:?}"))
 }
 
-type Wss = tokio_tungstenite::WebSocketStream<Tls>;
-
-async fn next_text(ws: &mut Wss) -> String {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let message = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("connection open")
-            .expect("a message");
-        if let Message::Text(text) = message {
-            return text.to_string();
-        }
-    }
-}
-
 fn tls_config_file(dir: &Path, section: &str) -> std::path::PathBuf {
     write_config(
         dir,
@@ -425,9 +409,9 @@ async fn sighup_rereads_the_certificate_and_keeps_connected_kiosks() {
     let (mut kiosk, _) = tokio_tungstenite::client_async(url, tls)
         .await
         .expect("WebSocket over TLS");
-    assert!(next_text(&mut kiosk).await.starts_with("0{"));
+    assert!(next_text(&mut kiosk, PATIENCE).await.starts_with("0{"));
     kiosk.send(Message::text("40")).await.expect("join /");
-    while !next_text(&mut kiosk)
+    while !next_text(&mut kiosk, PATIENCE)
         .await
         .starts_with("42[\"relay.status\"")
     {}
@@ -448,7 +432,7 @@ async fn sighup_rereads_the_certificate_and_keeps_connected_kiosks() {
 
     // The kiosk connected before the reload still receives.
     let event = loop {
-        let text = next_text(&mut kiosk).await;
+        let text = next_text(&mut kiosk, PATIENCE).await;
         if text.starts_with("42[\"data.create\"") {
             break text;
         }

@@ -31,16 +31,7 @@ async fn tight_socket(relay: &Relay) -> TcpStream {
 }
 
 async fn text(ws: &mut Ws) -> String {
-    loop {
-        let message = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("connection open")
-            .expect("a message");
-        if let Message::Text(text) = message {
-            return text.to_string();
-        }
-    }
+    kiosk_tests::ws::next_text(ws, PATIENCE).await
 }
 
 /// A kiosk that connects with WebSocket at once, joins `/` and then reads nothing more.

@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use kiosk_tests::pki::Pki;
+use kiosk_tests::ws::next_text;
 use kiosk_tests::{Kiosk, PATIENCE, Relay, config, hook, keys};
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 fn connector(pki: &Pki) -> TlsConnector {
@@ -26,19 +26,6 @@ fn connector(pki: &Pki) -> TlsConnector {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     TlsConnector::from(Arc::new(config))
-}
-
-async fn next_text(ws: &mut WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>) -> String {
-    loop {
-        let message = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("connection open")
-            .expect("a message");
-        if let Message::Text(text) = message {
-            return text.to_string();
-        }
-    }
 }
 
 /// A Socket.IO kiosk over wss (the rust_socketio client, which trusts the test CA) receives a
@@ -74,7 +61,10 @@ async fn kiosks_on_wss_receive_changes_posted_over_https() {
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
         .await
         .expect("WebSocket over TLS");
-    assert!(next_text(&mut ws).await.starts_with("0{"), "Engine.IO open");
+    assert!(
+        next_text(&mut ws, PATIENCE).await.starts_with("0{"),
+        "Engine.IO open"
+    );
     ws.send(Message::text("40")).await.expect("join /");
 
     relay
@@ -83,7 +73,7 @@ async fn kiosks_on_wss_receive_changes_posted_over_https() {
     let body = kiosk.expect("data.create").await;
     assert_eq!(keys(&body), vec!["7"]);
     let event = loop {
-        let text = next_text(&mut ws).await;
+        let text = next_text(&mut ws, PATIENCE).await;
         if let Some(event) = text.strip_prefix("42") {
             let event: Value = serde_json::from_str(event).expect("event JSON");
             if event[0] == "data.create" {
