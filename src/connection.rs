@@ -195,14 +195,45 @@ where
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
-        if (path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")))
-            && query_param(req.uri().query(), "transport") == Some("websocket")
-            && let Some(sid) = query_param(req.uri().query(), "sid")
-        {
-            self.connection.upgrades.register(sid, &self.connection);
+        if path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")) {
+            detach_head(&mut req);
+            if query_param(req.uri().query(), "transport") == Some("websocket")
+                && let Some(sid) = query_param(req.uri().query(), "sid")
+            {
+                self.connection.upgrades.register(sid, &self.connection);
+            }
         }
         req.extensions_mut().insert(self.connection.clone());
         self.inner.call(req)
+    }
+}
+
+/// Copies a request's URI and header values out of the connection's read buffer.
+///
+/// hyper parses them as slices of that buffer (8–16 KiB), and socketioxide keeps the parts of
+/// the request that opened a session for as long as the kiosk is connected: without the copy
+/// every kiosk kept its whole handshake read buffer alive, about half of the relay's memory per
+/// idle kiosk. The copy is one allocation of the head's size (a few hundred bytes).
+fn detach_head<B>(req: &mut Request<B>) {
+    if let Ok(uri) = http::Uri::try_from(req.uri().to_string()) {
+        *req.uri_mut() = uri;
+    }
+    let headers = req.headers_mut();
+    let size = headers.values().map(|v| v.len()).sum();
+    let mut copy = bytes::BytesMut::with_capacity(size);
+    for value in headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let copy = copy.freeze();
+    let mut start = 0;
+    for value in headers.values_mut() {
+        let end = start + value.len();
+        // The bytes were a valid value already; should it fail anyway, the original stays.
+        if let Ok(mut detached) = http::HeaderValue::from_maybe_shared(copy.slice(start..end)) {
+            detached.set_sensitive(value.is_sensitive());
+            *value = detached;
+        }
+        start = end;
     }
 }
 
@@ -462,6 +493,43 @@ mod tests {
         upgrades.forget(&first);
         assert!(upgrades.is_empty());
         assert!(upgrades.find("abc").is_none());
+    }
+
+    /// What socketioxide keeps of a kiosk's request no longer points into the buffer hyper
+    /// read it into.
+    #[test]
+    fn a_socket_io_request_head_is_copied_out_of_the_read_buffer() {
+        let buffer = bytes::Bytes::from(
+            b"/socket.io/?EIO=4&transport=websocket dGhlIHNhbXBsZSBub25jZQ== secret".to_vec(),
+        );
+        let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        let mut req = Request::builder()
+            .uri(http::Uri::from_maybe_shared(buffer.slice(0..37)).expect("uri"))
+            .body(())
+            .expect("request");
+        let key = http::HeaderValue::from_maybe_shared(buffer.slice(38..62)).expect("key");
+        let mut token = http::HeaderValue::from_maybe_shared(buffer.slice(63..69)).expect("token");
+        token.set_sensitive(true);
+        req.headers_mut().insert("sec-websocket-key", key);
+        req.headers_mut().insert(http::header::AUTHORIZATION, token);
+        assert!(inside(
+            req.headers()["sec-websocket-key"].as_bytes().as_ptr()
+        ));
+
+        detach_head(&mut req);
+
+        assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(
+            req.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert_eq!(req.headers()[http::header::AUTHORIZATION], "secret");
+        assert!(req.headers()[http::header::AUTHORIZATION].is_sensitive());
+        let uri = req.uri().path_and_query().expect("path").as_str();
+        assert!(!inside(uri.as_ptr()));
+        for value in req.headers().values() {
+            assert!(!inside(value.as_bytes().as_ptr()));
+        }
     }
 
     #[test]
