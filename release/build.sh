@@ -33,8 +33,21 @@ NO_RUSTUP_STD=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf "
 # rustc flags for every target. No unwind tables: with panic = "abort" nothing unwinds and,
 # without std's "backtrace", nothing walks the stack; they were .eh_frame + .eh_frame_hdr, 645 KB
 # of the x86_64 binary (C and assembly objects keep theirs). Debuggers and profilers still
-# unwind by frame pointers (aarch64) or heuristics. RELEASE_RUSTFLAGS overrides.
+# unwind by frame pointers (aarch64) or heuristics. No effect on aarch64 (byte-identical binary:
+# its backend emits the CFI anyway, and rustup's prebuilt std brings its own). RELEASE_RUSTFLAGS
+# overrides.
 RELEASE_RUSTFLAGS=${RELEASE_RUSTFLAGS--C force-unwind-tables=no}
+# opt-level per target, chosen by measurement (BENCHMARKS.md, "Choosing opt-level"): "s" costs
+# about a fifth less CPU per delivery than "z" in a burst, "2" and "3" a little less again but
+# are 1.5x the size. "s" for the 32-bit Pis (the slowest boards, 0.37 MB under the limit at "s");
+# "z" for aarch64 and x86_64, where "s" comes within 160 bytes and 38 KB of the limit. Cargo.toml's
+# release profile says "z"; CARGO_PROFILE_RELEASE_OPT_LEVEL, when set, wins for every target.
+opt_level_of() {
+  case "$1" in
+    armv7-* | arm-*) echo s ;;
+    *) echo z ;;
+  esac
+}
 # Every stripped binary must stay under this (issue 5): the relay goes onto small SD cards.
 MAX_BYTES=$((4 * 1024 * 1024))
 JOBS=${JOBS:-2}   # two cores, shared
@@ -89,6 +102,8 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=$target_dir/build-std ;; esac
   args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay
     --target "$t" --target-dir "$target_dir")
+  opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(opt_level_of "$t")}
+  echo "opt-level $opt_level"
   rustflags=$RELEASE_RUSTFLAGS
   case "$NO_RUSTUP_STD" in
     # rustc's self-contained crt objects come with rustup's std; zig provides musl's.
@@ -99,10 +114,10 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in
     *" $t "*)
       # RUSTC_BOOTSTRAP: -Zbuild-std on stable, as BUILD-NOTES.md describes.
-      env "$rustflags_var" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort \
+      env "$rustflags_var" CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt_level" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort \
         "-Zbuild-std-features=$BUILD_STD_FEATURES"
       ;;
-    *) env "$rustflags_var" cargo "${args[@]}" ;;
+    *) env "$rustflags_var" CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt_level" cargo "${args[@]}" ;;
   esac
   secs=$((SECONDS - start))
   artifact="$OUT/directus-relay-$version-$t"
@@ -121,10 +136,10 @@ for t in "${targets[@]}"; do
   if [ "$bytes" -ge "$MAX_BYTES" ]; then
     echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES (4 MiB)" >&2; failed=1
   fi
-  rows+=("$(awk -v t="$t" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %9d %6.2f MiB %5ds", t, b, b / 1048576, s }')")
+  rows+=("$(awk -v t="$t" -v o="$opt_level" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %3s %9d %6.2f MiB %5ds", t, o, b, b / 1048576, s }')")
 done
 
-printf '\n%-32s %9s %10s %6s\n' target bytes size build
+printf '\n%-32s %3s %9s %10s %6s\n' target opt bytes size build
 printf '%s\n' "${rows[@]}"
 [ $failed = 0 ] || exit 1
 
