@@ -37,17 +37,9 @@ NO_RUSTUP_STD=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf "
 # its backend emits the CFI anyway, and rustup's prebuilt std brings its own). RELEASE_RUSTFLAGS
 # overrides.
 RELEASE_RUSTFLAGS=${RELEASE_RUSTFLAGS--C force-unwind-tables=no}
-# opt-level per target, chosen by measurement (BENCHMARKS.md, "Choosing opt-level"): "s" costs
-# about a fifth less CPU per delivery than "z" in a burst, "2" and "3" a little less again but
-# are 1.5x the size. "s" for the 32-bit Pis (the slowest boards, 0.37 MB under the limit at "s");
-# "z" for aarch64 and x86_64, where "s" comes within 160 bytes and 38 KB of the limit. Cargo.toml's
-# release profile says "z"; CARGO_PROFILE_RELEASE_OPT_LEVEL, when set, wins for every target.
-opt_level_of() {
-  case "$1" in
-    armv7-* | arm-*) echo s ;;
-    *) echo z ;;
-  esac
-}
+# opt-level: Cargo.toml's release profile ("z", chosen by measurement: BENCHMARKS.md, "Choosing
+# opt-level"); CARGO_PROFILE_RELEASE_OPT_LEVEL overrides it for every target.
+opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(sed -n '/^\[profile.release\]/,/^\[/s/^opt-level = "\(.*\)"$/\1/p' Cargo.toml)}
 # Every stripped binary must stay under this (issue 5): the relay goes onto small SD cards.
 MAX_BYTES=$((4 * 1024 * 1024))
 JOBS=${JOBS:-2}   # two cores, shared
@@ -102,8 +94,6 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=$target_dir/build-std ;; esac
   args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay
     --target "$t" --target-dir "$target_dir")
-  opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(opt_level_of "$t")}
-  echo "opt-level $opt_level"
   rustflags=$RELEASE_RUSTFLAGS
   case "$NO_RUSTUP_STD" in
     # rustc's self-contained crt objects come with rustup's std; zig provides musl's.
@@ -114,10 +104,10 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in
     *" $t "*)
       # RUSTC_BOOTSTRAP: -Zbuild-std on stable, as BUILD-NOTES.md describes.
-      env "$rustflags_var" CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt_level" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort \
+      env "$rustflags_var" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort \
         "-Zbuild-std-features=$BUILD_STD_FEATURES"
       ;;
-    *) env "$rustflags_var" CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt_level" cargo "${args[@]}" ;;
+    *) env "$rustflags_var" cargo "${args[@]}" ;;
   esac
   secs=$((SECONDS - start))
   artifact="$OUT/directus-relay-$version-$t"
