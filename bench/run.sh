@@ -78,7 +78,7 @@ for n in $SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
   echo "kernel: $(uname -sr)"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
   echo "rustc: $(rustc --version)"
-  echo "node: $(node --version), socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version')"
+  echo "node: $(node --version), socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version' 2>/dev/null || echo "not installed")"
   echo "relay commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (modified)')"
   echo "ulimit -n: $(ulimit -n)"
 } >"$OUT/machine.txt"
