@@ -27,6 +27,8 @@
 #   SERVERS="relay node"     which servers
 #   OUT=dir                  default bench/out/<UTC time> (ignored by git)
 #   NO_BUILD=1               use target/release and bench/node/node_modules as they are
+#   BENCH_RELAY=path         another relay binary (tools/opt-level-sweep.sh), with NO_BUILD=1
+#   BENCH_LOADGEN=path       another loadgen binary
 #
 # Needs: cargo, node >= 20 and npm (the baseline's socket.io comes from bench/node's lockfile
 # with `npm ci`, as e2e/run.sh does), python3, a hard open-files limit above the largest N + 100.
@@ -45,8 +47,8 @@ POST_FOR=${POST_FOR:-30}
 SERVERS=${SERVERS:-relay node}
 OUT=${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}
 SECRET="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-RELAY=target/release/directus-relay
-LOADGEN=target/release/loadgen
+BENCH_RELAY=${BENCH_RELAY:-target/release/directus-relay}
+LOADGEN=${BENCH_LOADGEN:-target/release/loadgen}
 STARTED_AT=$(date +%s)
 log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - STARTED_AT))" "$*" >&2; }
 
@@ -76,7 +78,7 @@ for n in $SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
   echo "kernel: $(uname -sr)"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
   echo "rustc: $(rustc --version)"
-  echo "node: $(node --version), socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version')"
+  echo "node: $(node --version), socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version' 2>/dev/null || echo "not installed")"
   echo "relay commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (modified)')"
   echo "ulimit -n: $(ulimit -n)"
 } >"$OUT/machine.txt"
@@ -127,7 +129,7 @@ start_server() { # server, dir, kiosks
   if [ "$server" = relay ]; then
     mkdir -p "$dir/state"
     relay_config "$dir/state" "$3" >"$dir/relay.toml"
-    RUST_LOG=${RUST_LOG:-warn,directus_relay=info} "$RELAY" --config "$dir/relay.toml" >"$dir/server.log" 2>&1 &
+    RUST_LOG=${RUST_LOG:-warn,directus_relay=info} "$BENCH_RELAY" --config "$dir/relay.toml" >"$dir/server.log" 2>&1 &
     pattern='s/.*relay listening addr=\([0-9.:]*\).*/\1/p'
   else
     RELAY_SECRET="$SECRET" node bench/node/server.mjs --port 0 >"$dir/server.log" 2>&1 &

@@ -21,14 +21,27 @@ ALL_TARGETS=(
 )
 # Built with -Zbuild-std (std compiled from source with the release profile, so at opt-level z):
 # the 32-bit ARM ones because rustup has no std for them; x86_64 because its prebuilt std
-# (opt-level 3) plus ring's x86 assembly came to 4,442,864 bytes; with std from source, 4,336,152.
+# (opt-level 3) plus ring's x86 assembly came to 4,442,864 bytes; with std from source, 4,336,152;
+# without std's backtrace symbolizer 4,281,824; without unwind tables (below) 3,677,280.
 BUILD_STD_TARGETS=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf x86_64-unknown-linux-musl "
+# std's features for those: cargo's default is "panic-unwind backtrace default"; without
+# "backtrace" std leaves out its backtrace symbolizer (addr2line, gimli, object, miniz_oxide,
+# rustc-demangle), which finds nothing in a stripped binary anyway. BUILD_STD_FEATURES overrides.
+BUILD_STD_FEATURES=${BUILD_STD_FEATURES:-panic-unwind}
 # Of those, the ones without rustup's std also lack its self-contained crt objects.
 NO_RUSTUP_STD=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf "
-# A stripped Pi binary must stay under this (issue 5): the relay goes onto small SD cards.
-# x86_64 (PCs, CI; not a Pi) is 4.14 MiB and only warned about.
+# rustc flags for every target. No unwind tables: with panic = "abort" nothing unwinds and,
+# without std's "backtrace", nothing walks the stack; they were .eh_frame + .eh_frame_hdr, 645 KB
+# of the x86_64 binary (C and assembly objects keep theirs). Debuggers and profilers still
+# unwind by frame pointers (aarch64) or heuristics. No effect on aarch64 (byte-identical binary:
+# its backend emits the CFI anyway, and rustup's prebuilt std brings its own). RELEASE_RUSTFLAGS
+# overrides.
+RELEASE_RUSTFLAGS=${RELEASE_RUSTFLAGS--C force-unwind-tables=no}
+# opt-level: Cargo.toml's release profile ("z", chosen by measurement: BENCHMARKS.md, "Choosing
+# opt-level"); CARGO_PROFILE_RELEASE_OPT_LEVEL overrides it for every target.
+opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(sed -n '/^\[profile.release\]/,/^\[/s/^opt-level = "\(.*\)"$/\1/p' Cargo.toml)}
+# Every stripped binary must stay under this (issue 5): the relay goes onto small SD cards.
 MAX_BYTES=$((4 * 1024 * 1024))
-SIZE_WARN_ONLY=" x86_64-unknown-linux-musl "
 JOBS=${JOBS:-2}   # two cores, shared
 OUT=target/release-artifacts
 TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/directus-relay-release
@@ -81,17 +94,20 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=$target_dir/build-std ;; esac
   args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay
     --target "$t" --target-dir "$target_dir")
+  rustflags=$RELEASE_RUSTFLAGS
+  case "$NO_RUSTUP_STD" in
+    # rustc's self-contained crt objects come with rustup's std; zig provides musl's.
+    *" $t "*) rustflags="$rustflags -C link-self-contained=no" ;;
+  esac
+  # For the target's crates only (and std when built from source), not the host's build scripts.
+  rustflags_var="CARGO_TARGET_$(echo "$t" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=$rustflags"
   case "$BUILD_STD_TARGETS" in
     *" $t "*)
       # RUSTC_BOOTSTRAP: -Zbuild-std on stable, as BUILD-NOTES.md describes.
-      flags=()
-      case "$NO_RUSTUP_STD" in
-        # rustc's self-contained crt objects come with rustup's std; zig provides musl's.
-        *" $t "*) flags=("CARGO_TARGET_$(echo "$t" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C link-self-contained=no") ;;
-      esac
-      env "${flags[@]}" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort
+      env "$rustflags_var" RUSTC_BOOTSTRAP=1 cargo "${args[@]}" -Zbuild-std=std,panic_abort \
+        "-Zbuild-std-features=$BUILD_STD_FEATURES"
       ;;
-    *) cargo "${args[@]}" ;;
+    *) env "$rustflags_var" cargo "${args[@]}" ;;
   esac
   secs=$((SECONDS - start))
   artifact="$OUT/directus-relay-$version-$t"
@@ -108,15 +124,12 @@ for t in "${targets[@]}"; do
   esac
   bytes=$(stat -c %s "$artifact")
   if [ "$bytes" -ge "$MAX_BYTES" ]; then
-    case "$SIZE_WARN_ONLY" in
-      *" $t "*) echo "warning: $artifact is $bytes bytes, over $MAX_BYTES (not a Pi target)" >&2 ;;
-      *) echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES" >&2; failed=1 ;;
-    esac
+    echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES (4 MiB)" >&2; failed=1
   fi
-  rows+=("$(awk -v t="$t" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %9d %6.2f MiB %5ds", t, b, b / 1048576, s }')")
+  rows+=("$(awk -v t="$t" -v o="$opt_level" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %3s %9d %6.2f MiB %5ds", t, o, b, b / 1048576, s }')")
 done
 
-printf '\n%-32s %9s %10s %6s\n' target bytes size build
+printf '\n%-32s %3s %9s %10s %6s\n' target opt bytes size build
 printf '%s\n' "${rows[@]}"
 [ $failed = 0 ] || exit 1
 
