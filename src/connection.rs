@@ -20,8 +20,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::Request;
 use socketioxide::TransportType;
@@ -48,6 +49,9 @@ pub struct ConnectionHandle {
 #[derive(Debug)]
 struct State {
     kill: CancellationToken,
+    /// Set before `kill` is cancelled: what every read and write checks (an atomic load, where
+    /// the token's own check takes its mutex).
+    closed: AtomicBool,
     /// The session id this connection registered under in [`Upgrades`].
     upgraded: Mutex<Option<String>>,
 }
@@ -57,6 +61,7 @@ impl ConnectionHandle {
         Self {
             state: Arc::new(State {
                 kill: CancellationToken::new(),
+                closed: AtomicBool::new(false),
                 upgraded: Mutex::new(None),
             }),
             upgrades,
@@ -66,11 +71,12 @@ impl ConnectionHandle {
     /// Closes the connection: reads and writes fail from now on, and the socket is reset
     /// rather than left to drain what the peer does not read.
     pub fn close(&self) {
+        self.state.closed.store(true, Ordering::Release);
         self.state.kill.cancel();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.state.kill.is_cancelled()
+        self.state.closed.load(Ordering::Acquire)
     }
 
     fn same(&self, other: &ConnectionHandle) -> bool {
@@ -337,13 +343,10 @@ impl Killable {
         }
     }
 
-    fn killed(&mut self, cx: &mut Context<'_>, write: bool) -> Option<io::Error> {
-        let future = if write {
-            self.write_killed.as_mut()
-        } else {
-            self.read_killed.as_mut()
-        };
-        if future.poll(cx).is_pending() {
+    /// The error of every read and write once the connection is closed. Checked before each
+    /// one: an atomic load, so the hot path (a write per event per kiosk) takes no lock.
+    fn closed(&mut self) -> Option<io::Error> {
+        if !self.connection.is_closed() {
             return None;
         }
         if !self.reset {
@@ -355,6 +358,41 @@ impl Killable {
             io::ErrorKind::ConnectionAborted,
             "connection closed by the relay",
         ))
+    }
+
+    /// After the inner IO returned `Pending` (the peer does not read, or has sent nothing):
+    /// also waits for the connection to be closed, so a blocked reader or writer wakes up and
+    /// fails then. A write or flush that completes at once never needs it.
+    fn pending(&mut self, cx: &mut Context<'_>, write: bool) -> Option<io::Error> {
+        let future = if write {
+            self.write_killed.as_mut()
+        } else {
+            self.read_killed.as_mut()
+        };
+        if future.poll(cx).is_pending() {
+            return None;
+        }
+        self.closed()
+    }
+
+    /// Runs one IO operation unless the connection is closed; when it waits, waits for the
+    /// close too.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: bool,
+        op: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(e) = self.closed() {
+            return Poll::Ready(Err(e));
+        }
+        match op(Pin::new(&mut self.io), cx) {
+            Poll::Pending => match self.pending(cx, write) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            ready => ready,
+        }
     }
 }
 
@@ -370,11 +408,8 @@ impl AsyncRead for Killable {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed(cx, false) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        self.get_mut()
+            .guard(cx, false, |io, cx| io.poll_read(cx, buf))
     }
 }
 
@@ -384,11 +419,8 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed(cx, true) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        self.get_mut()
+            .guard(cx, true, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -396,11 +428,8 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed(cx, true) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .guard(cx, true, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -408,20 +437,12 @@ impl AsyncWrite for Killable {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed(cx, true) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_flush(cx)
+        self.get_mut().guard(cx, true, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed(cx, true) {
-            return Poll::Ready(Err(e));
-        }
-        ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-        Poll::Ready(Ok(()))
+        self.get_mut()
+            .guard(cx, true, |io, cx| io.poll_shutdown(cx))
     }
 }
 

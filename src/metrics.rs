@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EventLabels {
@@ -48,6 +48,10 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Kiosks cut off because their outbound queue was full.
     pub kiosk_overflows: Counter,
+    /// Not reported: counts the times a kiosk may have joined or left a room (connected,
+    /// subscribed, cut off, disconnected), so the hub recounts the status page's rooms only
+    /// after a change instead of walking every kiosk every second.
+    pub room_changes: AtomicU64,
     /// Webhook requests refused, by reason.
     pub webhook_rejects: Family<ReasonLabels, Counter>,
     /// Commands waiting in the hub's inbox.
@@ -88,6 +92,11 @@ pub struct StateLabels {
 }
 
 impl Metrics {
+    /// A kiosk joined or left a room, or may have: see [`Metrics::room_changes`].
+    pub fn note_room_change(&self) {
+        self.room_changes.fetch_add(1, Ordering::Release);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("relay");
         let m = Metrics {
@@ -99,6 +108,7 @@ impl Metrics {
             events_truncated: Family::default(),
             deliveries: Counter::default(),
             kiosk_overflows: Counter::default(),
+            room_changes: AtomicU64::new(0),
             webhook_rejects: Family::default(),
             hub_queue_depth: Gauge::default(),
             seq: Gauge::default(),

@@ -142,11 +142,15 @@ fn set_up(
             None => socket.join(hub::ALL_ROOM),
             Some(collections) => socket.join(collections.cloned().collect::<Vec<_>>()),
         }
+        metrics.note_room_change();
     }
     socket.extensions.insert(access);
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         connected.fetch_sub(1, Ordering::SeqCst);
         metrics.kiosks_connected.dec();
+        // socketioxide takes it out of its rooms just after this handler: the hub recounts
+        // on the next two ticks, so the second count sees it gone.
+        metrics.note_room_change();
         info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
     });
     socket.on(

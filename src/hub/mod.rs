@@ -381,7 +381,28 @@ struct Hub {
     /// Something worth saving changed since the last save.
     dirty: bool,
     writer: Option<state::Writer>,
+    /// The status page's kiosks per room, as last counted.
+    board_rooms: BoardRooms,
 }
+
+/// The rooms' kiosk counts of the status page. Counting walks every kiosk of every room, which
+/// at 10,000 kiosks cost as much every second as a broadcast; it is redone only after
+/// [`Metrics::room_changes`] moved (twice: a kiosk that disconnects leaves its rooms just after
+/// saying so), and every [`BOARD_RECOUNT`] ticks in any case.
+#[derive(Debug, Default)]
+struct BoardRooms {
+    /// `room_changes` when last counted.
+    changes: u64,
+    /// Counted twice without a change in between.
+    settled: bool,
+    /// Ticks since the last count.
+    age: u32,
+    rooms: Vec<(String, usize)>,
+    kiosks: usize,
+}
+
+/// Ticks after which the status page's rooms are recounted even without a known change.
+const BOARD_RECOUNT: u32 = 30;
 
 impl Hub {
     fn new(
@@ -412,6 +433,7 @@ impl Hub {
             known_current: (now_rfc3339(), metrics::unix_now()),
             dirty: false,
             writer: None,
+            board_rooms: BoardRooms::default(),
         }
     }
 
@@ -929,8 +951,32 @@ impl Hub {
     }
 
     /// Tells the status page about the mirror and the kiosks per room (rooms of a namespace
-    /// other than `/` are prefixed with it).
-    fn publish_board(&self) {
+    /// other than `/` are prefixed with it); the rooms are recounted only when they may have
+    /// changed (see [`BoardRooms`]).
+    fn publish_board(&mut self) {
+        let changes = self.metrics.room_changes.load(Ordering::Acquire);
+        let board = &self.board_rooms;
+        let counted = changes == board.changes && board.settled && board.age + 1 < BOARD_RECOUNT;
+        if counted {
+            self.board_rooms.age += 1;
+        } else {
+            let (rooms, kiosks) = self.count_rooms();
+            self.board_rooms = BoardRooms {
+                settled: changes == self.board_rooms.changes,
+                changes,
+                age: 0,
+                rooms,
+                kiosks,
+            };
+        }
+        let board = &self.board_rooms;
+        self.metrics
+            .board
+            .set_kiosks(self.mirror.stats(), board.rooms.clone(), board.kiosks);
+    }
+
+    /// The kiosks of every room, and in all.
+    fn count_rooms(&self) -> (Vec<(String, usize)>, usize) {
         let mut rooms: Vec<(String, usize)> = Vec::new();
         let mut kiosks = 0;
         for path in &self.namespaces {
@@ -949,9 +995,7 @@ impl Hub {
             kiosks += ns.sockets().len();
         }
         rooms.sort();
-        self.metrics
-            .board
-            .set_kiosks(self.mirror.stats(), rooms, kiosks);
+        (rooms, kiosks)
     }
 
     /// The event's JSON; past `limits.max_event_bytes`, without its records and payload and
@@ -995,11 +1039,32 @@ impl Hub {
 
     /// Queues `event` to every kiosk in `rooms`, encoded once for all of them. A kiosk whose
     /// queue is full is cut off first, so no kiosk silently misses an event.
+    ///
+    /// Only the rooms that have kiosks are addressed. Usually that is one (a kiosk that did not
+    /// subscribe is in the all-collections room only, one that did is in collection rooms
+    /// only), and a broadcast to one room walks it; to several rooms socketioxide records every
+    /// kiosk it has sent to in a hash set, so that a kiosk in two of them gets the event once,
+    /// which cost more than the send itself (SipHash of every kiosk's id, twice per event).
     fn broadcast(&self, rooms: Vec<String>, event: &Event) {
         let Some(ns) = self.io.of(&*event.namespace) else {
             return;
         };
-        let sockets = ns.clone().to(rooms.clone()).sockets();
+        let mut targets = Vec::with_capacity(rooms.len());
+        let mut sockets: Vec<SocketRef> = Vec::new();
+        for room in rooms {
+            let members = ns.clone().to(room.clone()).sockets();
+            if members.is_empty() {
+                continue;
+            }
+            if sockets.is_empty() {
+                sockets = members;
+            } else {
+                // A kiosk in several rooms gets the event once.
+                let known: HashSet<_> = sockets.iter().map(|s| s.id).collect();
+                sockets.extend(members.into_iter().filter(|s| !known.contains(&s.id)));
+            }
+            targets.push(room);
+        }
         if sockets.is_empty() {
             return;
         }
@@ -1010,7 +1075,10 @@ impl Hub {
                 receivers -= 1;
             }
         }
-        let sent = ns.to(rooms).emit(&*event.name, &*event.body).now_or_never();
+        let sent = ns
+            .to(targets)
+            .emit(&*event.name, &*event.body)
+            .now_or_never();
         match sent {
             Some(Ok(())) => {}
             Some(Err(socketioxide::BroadcastError::Socket(errors))) => {
@@ -1074,6 +1142,7 @@ impl Hub {
         }
         socket.extensions.insert(CutOff);
         socket.leave_all();
+        self.metrics.note_room_change();
         self.metrics.kiosk_overflows.inc();
         warn!(
             sid = %socket.id,
@@ -1169,6 +1238,7 @@ impl Hub {
             socket.extensions.insert(Subscribed);
         }
         socket.join(targets.iter().map(Target::room_name).collect::<Vec<_>>());
+        self.metrics.note_room_change();
         let mut ack_body = json!({
             "ok": true,
             "epoch": self.epoch,
@@ -1354,17 +1424,19 @@ fn routed_room(
 
 /// Whether a kiosk's queue has no room for one more packet. Asking socketioxide to emit a value
 /// that refuses to serialise takes a place in the queue and gives it back at once: the answer
-/// says whether there was one, and nothing is sent.
+/// says whether there was one, and nothing is sent. It runs for every kiosk on every event, so
+/// it is kept cheap: an empty event name (nothing to escape) and an empty error message
+/// (serde_json then allocates only its error box, and finds no position in the message).
 fn queue_full(socket: &SocketRef) -> bool {
     struct Probe;
     impl serde::Serialize for Probe {
         fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-            Err(serde::ser::Error::custom("probe"))
+            Err(serde::ser::Error::custom(""))
         }
     }
     use socketioxide::{SendError, SocketError};
     matches!(
-        socket.emit("relay.probe", &Probe),
+        socket.emit("", &Probe),
         Err(SendError::Socket(SocketError::InternalChannelFull))
     )
 }
