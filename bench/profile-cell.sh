@@ -22,21 +22,8 @@ LOADGEN=$(cd "$(dirname "$0")/.." && pwd)/target/release/loadgen
 rm -rf $D; mkdir -p $D/state
 SECRET=benchsecret0123456789
 ulimit -n $(ulimit -Hn)
-cat >$D/relay.toml <<T
-listen = "127.0.0.1:0"
-state_dir = "$D/state"
-shutdown_grace = "2s"
-[webhook]
-path = "/hooks/directus"
-secret = "$SECRET"
-[[collections]]
-name = "screens"
-[clients]
-allowed_origins = ["*"]
-allow_anonymous = true
-[limits]
-max_clients = $((N + 100))
-T
+source "$(dirname "$0")/relay-config.sh"
+bench_relay_config "$D/state" $((N + 100)) "$SECRET" >"$D/relay.toml"
 SETTLE=3s
 case $MODE in
   callgrind) SETTLE=6s; valgrind --tool=callgrind --callgrind-out-file=$D/callgrind.out --instr-atstart=no $RELAY --config $D/relay.toml >$D/server.log 2>&1 & ;;

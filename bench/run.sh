@@ -99,36 +99,15 @@ trap stop_server EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Webhook mode, loopback, a port the kernel picks, room for every kiosk; every other limit at
-# its default (kiosk_queue 256: a kiosk that falls further behind is cut off).
-relay_config() { # state_dir, kiosks
-  cat <<EOF
-listen = "127.0.0.1:0"
-state_dir = "$1"
-shutdown_grace = "2s"
-
-[webhook]
-path = "/hooks/directus"
-secret = "$SECRET"
-
-[[collections]]
-name = "screens"
-
-[clients]
-allowed_origins = ["*"]
-allow_anonymous = true
-
-[limits]
-max_clients = $(($2 + 100))
-EOF
-}
+# shellcheck source=bench/relay-config.sh
+source bench/relay-config.sh
 
 start_server() { # server, dir, kiosks
   local server=$1 dir=$2 pattern
   mkdir -p "$dir"
   if [ "$server" = relay ]; then
     mkdir -p "$dir/state"
-    relay_config "$dir/state" "$3" >"$dir/relay.toml"
+    bench_relay_config "$dir/state" $(($3 + 100)) "$SECRET" >"$dir/relay.toml"
     RUST_LOG=${RUST_LOG:-warn,directus_relay=info} "$BENCH_RELAY" --config "$dir/relay.toml" >"$dir/server.log" 2>&1 &
     pattern='s/.*relay listening addr=\([0-9.:]*\).*/\1/p'
   else

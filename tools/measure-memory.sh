@@ -46,29 +46,8 @@ ulimit -n "$(ulimit -Hn)"
   echo "warning: ulimit -n is $(ulimit -n), fewer than the kiosks need" >&2
 
 
-# The relay's config for one scenario: webhook mode (no [directus]), loopback, a port the
-# kernel picks, its own state dir, room for every kiosk. Edit here.
-relay_config() { # state_dir
-  cat <<EOF
-listen = "127.0.0.1:0"
-state_dir = "$1"
-shutdown_grace = "2s"
-
-[webhook]
-path = "/hooks/directus"
-secret = "$SECRET"
-
-[[collections]]
-name = "screens"
-
-[clients]
-allowed_origins = ["*"]
-allow_anonymous = true
-
-[limits]
-max_clients = $((KIOSKS + STALLED + 100))
-EOF
-}
+# shellcheck source=bench/relay-config.sh
+source bench/relay-config.sh
 
 RELAY_PID=""
 ADDR=""
@@ -85,7 +64,7 @@ trap stop_relay EXIT
 start_relay() { # name
   local dir="$OUT/$1"
   mkdir -p "$dir/state"
-  relay_config "$dir/state" >"$dir/relay.toml"
+  bench_relay_config "$dir/state" $((KIOSKS + STALLED + 100)) "$SECRET" >"$dir/relay.toml"
   RUST_LOG=${RUST_LOG:-warn,directus_relay=info} "$RELAY" --config "$dir/relay.toml" >"$dir/relay.log" 2>&1 &
   RELAY_PID=$!
   ADDR=""
