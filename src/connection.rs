@@ -202,11 +202,14 @@ where
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
         if path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")) {
-            detach_head(&mut req);
-            if query_param(req.uri().query(), "transport") == Some("websocket")
-                && let Some(sid) = query_param(req.uri().query(), "sid")
-            {
-                self.connection.upgrades.register(sid, &self.connection);
+            match query_param(req.uri().query(), "sid") {
+                // The request that opens a session: the one whose parts socketioxide keeps.
+                None => detach_head(&mut req),
+                Some(sid) => {
+                    if query_param(req.uri().query(), "transport") == Some("websocket") {
+                        self.connection.upgrades.register(sid, &self.connection);
+                    }
+                }
             }
         }
         req.extensions_mut().insert(self.connection.clone());
@@ -217,7 +220,8 @@ where
 /// Copies a request's URI and header values out of the connection's read buffer.
 ///
 /// hyper parses them as slices of that buffer (8–16 KiB), and socketioxide keeps the parts of
-/// the request that opened a session for as long as the kiosk is connected: without the copy
+/// the request that opened a session (the one without a `sid`; polls and upgrades of a
+/// session are not kept, so they are not copied) for as long as the kiosk is connected: without the copy
 /// every kiosk kept its whole handshake read buffer alive, about half of the relay's memory per
 /// idle kiosk. The copy is one allocation of the head's size (a few hundred bytes).
 fn detach_head<B>(req: &mut Request<B>) {
