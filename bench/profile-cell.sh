@@ -22,7 +22,7 @@ LOADGEN=$(cd "$(dirname "$0")/.." && pwd)/target/release/loadgen
 rm -rf $D; mkdir -p $D/state
 SECRET=benchsecret0123456789
 ulimit -n $(ulimit -Hn)
-source "$(dirname "$0")/relay-config.sh"
+source "$(dirname "$0")/lib.sh"
 bench_relay_config "$D/state" $((N + 100)) "$SECRET" >"$D/relay.toml"
 SETTLE=3s
 case $MODE in

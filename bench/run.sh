@@ -85,22 +85,18 @@ for n in $SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
 log "$(tr '\n' ';' <"$OUT/machine.txt")"
 
 # --- servers ---------------------------------------------------------------------------------
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SERVER_PID=""
 ADDR=""
 stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  stop_pid "$SERVER_PID"
   SERVER_PID=""
 }
 trap stop_server EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# shellcheck source=bench/relay-config.sh
-source bench/relay-config.sh
 
 start_server() { # server, dir, kiosks
   local server=$1 dir=$2 pattern

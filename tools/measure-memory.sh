@@ -45,18 +45,12 @@ ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((KIOSKS + STALLED + 100)) ] ||
   echo "warning: ulimit -n is $(ulimit -n), fewer than the kiosks need" >&2
 
-
-# shellcheck source=bench/relay-config.sh
-source bench/relay-config.sh
-
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 RELAY_PID=""
 ADDR=""
 stop_relay() {
-  [ -n "$RELAY_PID" ] || return 0
-  kill -TERM "$RELAY_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$RELAY_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$RELAY_PID" 2>/dev/null || true
-  wait "$RELAY_PID" 2>/dev/null || true
+  stop_pid "$RELAY_PID"
   RELAY_PID=""
 }
 trap stop_relay EXIT
