@@ -58,9 +58,11 @@ log "installing npm dependencies (npm ci)"
 (cd "$E2E_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 
 # --- python-socketio, for the Python kiosk of docs/kiosk-protocol.md ---------------------
-PYTHON_SOCKETIO="python-socketio[client]==5.18.1"
+PYTHON_SOCKETIO="python-socketio[asyncio-client]==5.18.1"
 PYTHON_ENV="$E2E_DIR/.work/python"
-if ! "$PYTHON_ENV/bin/python" -m pip freeze 2>/dev/null | grep -qx 'python-socketio==5.18.1'; then
+# The asyncio client (aiohttp) as well: a venv from before it was needed is installed anew.
+if ! "$PYTHON_ENV/bin/python" -m pip freeze 2>/dev/null | grep -qx 'python-socketio==5.18.1' ||
+  ! "$PYTHON_ENV/bin/python" -c 'import aiohttp' 2>/dev/null; then
   log "installing $PYTHON_SOCKETIO into $PYTHON_ENV"
   if ! python3 -m venv --help >/dev/null 2>&1; then
     [[ $(id -u) -eq 0 ]] || { echo "python3 -m venv is missing and installing it needs root: apt-get install python3-venv" >&2; exit 1; }

@@ -49,7 +49,8 @@ name = "announcements"
 #[derive(Debug)]
 pub struct Relay {
     pub addr: SocketAddr,
-    /// The relay's state directory (removed with the relay unless kept by [`Relay::restart`]).
+    /// The relay's state directory, removed when the last clone of it is dropped: a test that
+    /// restarts the relay hands a clone to [`Relay::start_in`].
     pub state_dir: std::sync::Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
