@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::defaults;
 use super::units::byte_size;
 
+/// Largest REST response the relay reads from Directus. A page of items or activity larger
+/// than this is refused with an error (lower the page size or the fields read). Fixed, not a
+/// key; counted in [`Limits::memory_budget_bytes`].
+pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
 /// Named bounds on every queue, buffer and input. See the README for the policy when full.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +77,7 @@ impl Limits {
             + 3 * self.mirror_bytes as u64
             + self.replay_bytes as u64
             + (self.kiosk_queue * self.max_event_bytes) as u64
-            + 3 * crate::upstream::directus::MAX_RESPONSE_BYTES as u64
+            + 3 * MAX_RESPONSE_BYTES as u64
     }
 
     /// The most events replayed to one subscribing kiosk; more missed events get a snapshot.

@@ -25,14 +25,14 @@ pub use collection::{
     expand_event_name,
 };
 pub use error::ConfigError;
-pub use limits::Limits;
+pub use limits::{Limits, MAX_RESPONSE_BYTES};
 pub use load::{DEFAULT_CONFIG_PATH, GENERATED_TOKEN_NAME, Source};
 pub use secret::{
     ADMIN_TOKEN_CREDENTIAL, DIRECTUS_PASSWORD_CREDENTIAL, DIRECTUS_TOKEN_CREDENTIAL,
     KIOSK_TOKEN_CREDENTIAL_PREFIX, MIN_SECRET_LEN, Secret, WEBHOOK_SECRET_CREDENTIAL,
 };
 pub use sections::{
-    AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat, Mode,
+    AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat, Mode, TlsConfig,
     TokenConfig, WebhookConfig,
 };
 pub use units::{byte_size, duration};
@@ -67,7 +67,7 @@ pub struct Config {
     pub limits: Limits,
     /// HTTPS and WSS on `listen`. Absent: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]

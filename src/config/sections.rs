@@ -1,5 +1,5 @@
-//! The smaller sections of the config: `[webhook]`, `[directus]`, `[clients]`, `[log]`,
-//! `[admin]` and `[demo]`.
+//! The smaller sections of the config: `[webhook]`, `[directus]`, `[clients]`, `[tls]`,
+//! `[log]`, `[admin]` and `[demo]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -210,17 +210,13 @@ pub struct DirectusConfig {
     pub request_timeout: Duration,
 }
 
-impl DirectusConfig {
-    /// The credentials, once secrets are resolved.
-    pub fn auth(&self) -> Option<crate::upstream::directus::Auth> {
-        use crate::upstream::directus::Auth;
-        match (&self.token, &self.email, &self.password) {
-            (Some(token), _, _) => Some(Auth::Token(token.clone())),
-            (None, Some(email), Some(password)) => Some(Auth::Login {
-                email: email.clone(),
-                password: password.clone(),
-            }),
-            _ => None,
-        }
-    }
+/// `[tls]`: the certificate kiosks see. Both files are PEM; the key may be PKCS#8, RSA
+/// (PKCS#1) or SEC1 (EC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain: the server's certificate first, then intermediates.
+    pub cert_file: PathBuf,
+    /// The private key of the first certificate.
+    pub key_file: PathBuf,
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::collection::{EVENT_ACTIONS, MAX_EVENT_NAME_LEN, RESERVED_EVENT_NAMES};
 use super::error::{ConfigError, invalid};
 use super::secret::{DIRECTUS_TOKEN_CREDENTIAL, KIOSK_TOKEN_CREDENTIAL_PREFIX, MIN_SECRET_LEN};
-use super::{CollectionConfig, Config, DirectusConfig, Secret, expand_event_name};
+use super::{CollectionConfig, Config, DirectusConfig, Secret, TlsConfig, expand_event_name};
+use crate::certificate;
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
 const RESERVED_PATHS: [&str; 7] = [
@@ -246,6 +247,15 @@ impl Config {
     }
 }
 
+impl TlsConfig {
+    /// Reads both files and checks they make a usable certificate and key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        certificate::load(&self.cert_file, &self.key_file)
+            .map(|_| ())
+            .map_err(|e| invalid(e.key, e.message))
+    }
+}
+
 fn validate_directus(d: &DirectusConfig) -> Result<(), ConfigError> {
     match d.url.scheme() {
         "https" => {}
@@ -444,4 +454,46 @@ fn long_enough(key: &str, secret: &Secret) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(dir: &Path) -> TlsConfig {
+        TlsConfig {
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+        }
+    }
+
+    fn message(result: Result<(), ConfigError>) -> String {
+        result.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn unusable_files_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = config(dir.path());
+        let text = message(tls.validate());
+        assert!(
+            text.starts_with("tls.cert_file: cannot read ") && text.contains("No such file"),
+            "{text}"
+        );
+        std::fs::write(&tls.cert_file, "not a certificate\n").expect("write");
+        let text = message(tls.validate());
+        assert!(
+            text.starts_with("tls.cert_file: ") && text.contains("holds no PEM certificate"),
+            "{text}"
+        );
+        std::fs::write(
+            &tls.cert_file,
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let text = message(tls.validate());
+        assert!(text.starts_with("tls.cert_file: "), "{text}");
+    }
 }
