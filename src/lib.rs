@@ -16,6 +16,7 @@
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
+pub mod certificate;
 pub mod config;
 pub mod connection;
 pub mod downstream;

@@ -3,121 +3,34 @@
 //! dropping connected kiosks.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
+use crate::certificate::{self, CertificateError};
+use crate::config::TlsConfig;
 
-/// `[tls]`: the certificate kiosks see. Both files are PEM; the key may be PKCS#8, RSA
-/// (PKCS#1) or SEC1 (EC).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The certificate chain: the server's certificate first, then intermediates.
-    pub cert_file: PathBuf,
-    /// The private key of the first certificate.
-    pub key_file: PathBuf,
+/// Why the listener's TLS cannot be set up or its certificate re-read. The text names the
+/// `tls.*` key to fix, as the config check does.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `tls.cert_file` or `tls.key_file` does not hold a usable certificate and key: fix the
+    /// file, then reload (SIGHUP) or restart.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// rustls refused its own default protocol versions; not a problem of the files.
+    #[error("tls.cert_file: TLS set-up failed: {0}")]
+    SetUp(rustls::Error),
 }
 
-impl TlsConfig {
-    /// Reads both files and checks they make a usable certificate and key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.load().map(|_| ())
-    }
-
-    fn load(&self) -> Result<CertifiedKey, ConfigError> {
-        certified_key(&self.cert_file, &self.key_file)
-    }
-}
-
-/// A certificate problem, named by the key of the file at fault.
-fn problem(key: &str, message: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("tls.{key}"),
-        message,
-    }
-}
-
-fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, ConfigError> {
+/// Reads `cert_file` and `key_file` into the certificate handed to handshakes.
+fn load(config: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     crate::upstream::tls::install_provider();
-    let certs = read_certs(cert_file).map_err(|m| problem("cert_file", m))?;
-    let key = read_key(key_file).map_err(|m| problem("key_file", m))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let key = provider.key_provider.load_private_key(key).map_err(|e| {
-        problem(
-            "key_file",
-            format!("{}: unusable private key: {e}", key_file.display()),
-        )
-    })?;
-    let certified = CertifiedKey::new(certs, key);
-    match certified.keys_match() {
-        Ok(()) => Ok(certified),
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(problem(
-                "key_file",
-                format!(
-                    "{} is not the key of the certificate in {}",
-                    key_file.display(),
-                    cert_file.display()
-                ),
-            ))
-        }
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
-        Err(e) => Err(problem(
-            "cert_file",
-            format!(
-                "{}: the first certificate cannot be used: {e}",
-                cert_file.display()
-            ),
-        )),
-    }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {}", path.display(), pem_error(e)))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "{} is not a PEM certificate file: {}",
-                path.display(),
-                pem_error(e)
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => format!(
-            "{} holds no PEM private key (PKCS#8, RSA or EC)",
-            path.display()
-        ),
-        e => format!("cannot read {}: {}", path.display(), pem_error(e)),
-    })
-}
-
-fn pem_error(e: rustls_pki_types::pem::Error) -> String {
-    match e {
-        rustls_pki_types::pem::Error::Io(e) => e.to_string(),
-        e => format!("{e:?}"),
-    }
+    Ok(certificate::load(&config.cert_file, &config.key_file)?)
 }
 
 /// The certificate handed to each new handshake; [`Resolver::set`] replaces it for the next
@@ -156,14 +69,14 @@ impl fmt::Debug for KioskTls {
 }
 
 impl KioskTls {
-    pub fn new(config: &TlsConfig) -> Result<Self, ConfigError> {
+    pub fn new(config: &TlsConfig) -> Result<Self, TlsError> {
         let resolver = Arc::new(Resolver {
-            current: RwLock::new(Arc::new(config.load()?)),
+            current: RwLock::new(Arc::new(load(config)?)),
         });
         let mut server =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
-                .map_err(|e| problem("cert_file", format!("TLS set-up failed: {e}")))?
+                .map_err(TlsError::SetUp)?
                 .with_no_client_auth()
                 .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -180,8 +93,8 @@ impl KioskTls {
 
     /// Re-reads `cert_file` and `key_file`. On success new handshakes get the new certificate;
     /// on error the previous one stays in use.
-    pub fn reload(&self) -> Result<(), ConfigError> {
-        let fresh = Arc::new(self.config.load()?);
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(load(&self.config)?);
         *self
             .resolver
             .current
@@ -192,45 +105,5 @@ impl KioskTls {
 
     pub fn cert_file(&self) -> &Path {
         &self.config.cert_file
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(dir: &Path) -> TlsConfig {
-        TlsConfig {
-            cert_file: dir.join("cert.pem"),
-            key_file: dir.join("key.pem"),
-        }
-    }
-
-    fn message(result: Result<(), ConfigError>) -> String {
-        result.expect_err("refused").to_string()
-    }
-
-    #[test]
-    fn unusable_files_are_refused_naming_the_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tls = config(dir.path());
-        let text = message(tls.validate());
-        assert!(
-            text.starts_with("tls.cert_file: cannot read ") && text.contains("No such file"),
-            "{text}"
-        );
-        std::fs::write(&tls.cert_file, "not a certificate\n").expect("write");
-        let text = message(tls.validate());
-        assert!(
-            text.starts_with("tls.cert_file: ") && text.contains("holds no PEM certificate"),
-            "{text}"
-        );
-        std::fs::write(
-            &tls.cert_file,
-            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
-        )
-        .expect("write");
-        let text = message(tls.validate());
-        assert!(text.starts_with("tls.cert_file: "), "{text}");
     }
 }

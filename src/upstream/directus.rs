@@ -10,12 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::config::{DirectusConfig, Secret};
+use crate::config::{DirectusConfig, MAX_RESPONSE_BYTES, Secret};
 use crate::upstream::tls;
-
-/// Largest REST response the relay reads from Directus. A page of items or activity larger
-/// than this is refused with an error (lower the page size or the fields read).
-pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 /// Items or activity rows asked for per request.
 pub const PAGE: usize = 500;
@@ -90,6 +86,21 @@ pub enum Auth {
     Login { email: String, password: Secret },
 }
 
+impl Auth {
+    /// The credentials `[directus]` gives, once secrets are resolved: the token, else email and
+    /// password; `None` when neither is complete.
+    pub fn from_config(config: &DirectusConfig) -> Option<Auth> {
+        match (&config.token, &config.email, &config.password) {
+            (Some(token), _, _) => Some(Auth::Token(token.clone())),
+            (None, Some(email), Some(password)) => Some(Auth::Login {
+                email: email.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -138,8 +149,7 @@ impl Directus {
             .user_agent(concat!("directus-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        let auth = config
-            .auth()
+        let auth = Auth::from_config(config)
             .ok_or("directus: set token, token_file, or email and password")?;
         Ok(Directus {
             base: config.url.clone(),

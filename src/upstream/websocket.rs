@@ -13,10 +13,9 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{CollectionConfig, Config, DirectusConfig};
+use crate::config::{CollectionConfig, Config, DirectusConfig, MAX_RESPONSE_BYTES};
 use crate::hub::event::{Action, Key, Sync};
 use crate::hub::{Command, Upstream};
-use crate::upstream::directus::MAX_RESPONSE_BYTES;
 use crate::upstream::sync::{SyncError, Syncer};
 use crate::upstream::tls;
 
