@@ -151,7 +151,7 @@ fn set_up(
         // socketioxide takes it out of its rooms just after this handler: the hub recounts
         // on the next two ticks, so the second count sees it gone.
         metrics.note_room_change();
-        info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
+        info!(sid = %socket.id, reason = describe_disconnect(reason), "kiosk disconnected");
     });
     socket.on(
         "subscribe",
@@ -184,5 +184,19 @@ async fn subscribe(socket: SocketRef, data: Option<Value>, ack: AckSender, hub: 
             debug!(sid = %socket.id, error, "subscribe refused");
             ack.send(&json!({ "ok": false, "error": error })).ok();
         }
+    }
+}
+
+/// What a kiosk's disconnect is worth logging.
+fn describe_disconnect(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "connection closed",
+        DisconnectReason::MultipleHttpPollingError => "polling error",
+        DisconnectReason::PacketParsingError => "sent a malformed packet",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::HeartbeatTimeout => "stopped answering heartbeats",
+        DisconnectReason::ClientNSDisconnect => "disconnected",
+        DisconnectReason::ServerNSDisconnect => "disconnected by the relay",
+        DisconnectReason::ClosingServer => "relay shutting down",
     }
 }
