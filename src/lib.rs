@@ -16,12 +16,14 @@
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod downstream;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod report;
 pub mod status;
 pub mod systemd;
 pub mod tls;
@@ -173,7 +175,7 @@ fn spawn_reloader(
 pub const RESUME_WINDOW_SECS: i64 = 25 * 24 * 3600;
 
 fn resumable_cursor(saved: &hub::state::Saved) -> Option<u64> {
-    let age = metrics::unix_now() - saved.saved_unix;
+    let age = clock::unix_now() - saved.saved_unix;
     saved.cursor.filter(|_| age < RESUME_WINDOW_SECS)
 }
 
@@ -196,7 +198,7 @@ mod tests {
             seq: 1,
             cursor,
             saved_at: String::new(),
-            saved_unix: metrics::unix_now() - age_secs,
+            saved_unix: clock::unix_now() - age_secs,
             clean: true,
             mirror: Default::default(),
         }

@@ -301,10 +301,3 @@ pub fn reason_labels(reason: &str) -> ReasonLabels {
         reason: reason.to_owned(),
     }
 }
-
-/// Seconds since the Unix epoch, for timestamp gauges.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}

@@ -12,9 +12,9 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::clock::now_rfc3339;
 use crate::config::Config;
-use crate::hub::HubStatus;
-use crate::hub::event::now_rfc3339;
+use crate::report::HubStatus;
 
 /// Events the page lists, newest first.
 pub const RECENT_EVENTS: usize = 50;

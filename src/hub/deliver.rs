@@ -12,9 +12,10 @@ use socketioxide::extract::SocketRef;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::event::{Event, EventBody, EventName, Stamped, now_rfc3339};
+use super::event::{Event, EventBody, EventName, Stamped};
 use super::rooms::{self, Item};
 use super::{ALL_ROOM, Hub, Room};
+use crate::clock::{self, now_rfc3339};
 use crate::metrics;
 
 /// How long the hub keeps trying to disconnect a kiosk whose queue was full.
@@ -118,7 +119,7 @@ impl Hub {
         });
         self.ring.push(event.clone());
         self.metrics.seq.set(self.seq as i64);
-        self.metrics.last_change.set(metrics::unix_now());
+        self.metrics.last_change.set(clock::unix_now());
         self.dirty = true;
         self.metrics.replay_events.set(self.ring.len() as i64);
         self.metrics.replay_bytes.set(self.ring.bytes() as i64);

@@ -40,9 +40,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::clock::{self, now_rfc3339};
 use crate::config::Config;
-use crate::metrics::{self, Metrics};
-use event::{Change, Sync, now_rfc3339};
+use crate::metrics::Metrics;
+pub use crate::report::{HubStatus, Upstream};
+use event::{Change, Sync};
 use mirror::{Fingerprints, Mirror};
 use replay::ReplayRing;
 use shape::Shapes;
@@ -238,44 +240,6 @@ pub fn start(
     tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
 }
 
-/// What the hub tells the rest of the relay about itself, refreshed every [`HUB_TICK`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubStatus {
-    pub upstream: Upstream,
-    pub since: String,
-    pub epoch: String,
-    pub seq: u64,
-}
-
-impl Default for HubStatus {
-    fn default() -> Self {
-        Self {
-            upstream: Upstream::Offline,
-            since: now_rfc3339(),
-            epoch: String::new(),
-            seq: 0,
-        }
-    }
-}
-
-/// Upstream state as kiosks see it in `relay.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    Live,
-    CatchingUp,
-    Offline,
-}
-
-impl Upstream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Upstream::Live => "live",
-            Upstream::CatchingUp => "catching-up",
-            Upstream::Offline => "offline",
-        }
-    }
-}
-
 /// A routed room: its name, and the `{field: value}` its events and acks carry.
 #[derive(Debug, Clone)]
 struct Room {
@@ -336,7 +300,7 @@ impl Hub {
             metrics,
             status_tx,
             cursor: None,
-            known_current: (now_rfc3339(), metrics::unix_now()),
+            known_current: (now_rfc3339(), clock::unix_now()),
             dirty: false,
             writer: None,
             board_rooms: board::BoardRooms::default(),

@@ -3,9 +3,9 @@
 
 use tracing::{info, warn};
 
-use super::event::now_rfc3339;
 use super::replay::ReplayRing;
 use super::{Hub, Upstream, state};
+use crate::clock::{self, now_rfc3339};
 
 impl Hub {
     /// Takes up where a previous run left off: the mirror as it was, the cursor, and the
@@ -84,7 +84,7 @@ impl Hub {
     /// The state file's contents; `clean` only for the last write, after the last event.
     fn serialise(&self, clean: bool) -> serde_json::Result<Vec<u8>> {
         let (saved_at, saved_unix) = match self.upstream.0 {
-            Upstream::Live => (now_rfc3339(), crate::metrics::unix_now()),
+            Upstream::Live => (now_rfc3339(), clock::unix_now()),
             Upstream::CatchingUp | Upstream::Offline => self.known_current.clone(),
         };
         serde_json::to_vec(&state::SavedRef {
@@ -125,7 +125,8 @@ mod tests {
     use super::super::subscribe::Target;
     use super::super::testing::{change, hub, request};
     use super::super::{Hub, Upstream, state};
-    use crate::metrics::{self, Metrics};
+    use crate::clock;
+    use crate::metrics::Metrics;
 
     fn saved_from(hub: &Hub, clean: bool) -> state::Saved {
         let bytes = hub.serialise(clean).expect("serialise");
@@ -280,7 +281,7 @@ mod tests {
         );
         hub.set_upstream(Upstream::Live);
         let live = saved_from(&hub, true);
-        assert!(live.saved_unix >= metrics::unix_now() - 60, "live: now");
+        assert!(live.saved_unix >= clock::unix_now() - 60, "live: now");
         hub.set_upstream(Upstream::Offline);
         let offline = saved_from(&hub, true);
         assert!(offline.saved_unix >= live.saved_unix);

@@ -5,9 +5,8 @@ use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use tracing::info;
 
-use super::event::now_rfc3339;
 use super::{Hub, HubStatus, Upstream};
-use crate::metrics;
+use crate::clock::{self, now_rfc3339};
 
 impl Hub {
     pub(super) fn publish_status(&self) {
@@ -30,7 +29,7 @@ impl Hub {
         }
         info!(upstream = state.as_str(), "upstream state changed");
         if self.upstream.0 == Upstream::Live {
-            self.known_current = (now_rfc3339(), metrics::unix_now());
+            self.known_current = (now_rfc3339(), clock::unix_now());
         }
         // Offline, kiosks show how old their content is: when it was last known current.
         let since = match state {

@@ -247,7 +247,7 @@ impl Syncer {
             }
         }
         self.metrics.activity_cursor.set(self.cursor as i64);
-        self.metrics.last_caught_up.set(crate::metrics::unix_now());
+        self.metrics.last_caught_up.set(crate::clock::unix_now());
         let floor = self.cursor.saturating_sub(OVERLAP_IDS);
         self.done = self.done.split_off(&floor);
         if handled > 0 {
