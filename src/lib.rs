@@ -6,7 +6,7 @@
 //! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation.
 //! * [`upstream`]: where changes come from ([`upstream::webhook`]: Directus Flow webhooks).
 //! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring, and emits.
-//! * [`downstream`]: Socket.IO for kiosks ([`downstream::kiosk`]).
+//! * [`kiosk`]: Socket.IO for kiosks ([`kiosk::server`]).
 //! * [`http`]: the single HTTP port and its graceful shutdown.
 //! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate re-read on SIGHUP.
@@ -19,9 +19,9 @@
 pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod downstream;
 pub mod http;
 pub mod hub;
+pub mod kiosk;
 pub mod metrics;
 pub mod report;
 pub mod status;
@@ -88,9 +88,9 @@ pub async fn run_with_reload(
         ready: Arc::new(AtomicBool::new(false)),
         sink,
     };
-    let (svc, io) = downstream::kiosk::builder(&config.limits)
-        .build_with_inner_svc(http::service(state.clone()));
-    downstream::kiosk::attach(&io, hub.clone(), metrics.clone(), &config);
+    let (svc, io) =
+        kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(state.clone()));
+    kiosk::server::attach(&io, hub.clone(), metrics.clone(), &config);
     let saved = hub::state::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     let persistence = hub::Persistence {

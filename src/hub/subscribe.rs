@@ -14,7 +14,7 @@ use super::event::Event;
 use super::rooms;
 use super::{Hub, Room};
 use crate::config::CollectionConfig;
-use crate::downstream::access::Access;
+use crate::kiosk::access::Access;
 use crate::metrics;
 
 /// The body of a kiosk's `subscribe`.
