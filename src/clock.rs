@@ -38,6 +38,22 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A moment as RFC 3339 (as kiosks and the state file show it) and as Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timestamp {
+    pub rfc3339: String,
+    pub unix: i64,
+}
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self {
+            rfc3339: now_rfc3339(),
+            unix: unix_now(),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, for timestamp gauges.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -6,17 +6,17 @@ use crate::clock::now_rfc3339;
 
 /// What the hub tells the rest of the relay about itself, refreshed every hub tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubStatus {
-    pub upstream: Upstream,
+pub struct HubReport {
+    pub upstream: UpstreamState,
     pub since: String,
     pub epoch: String,
     pub seq: u64,
 }
 
-impl Default for HubStatus {
+impl Default for HubReport {
     fn default() -> Self {
         Self {
-            upstream: Upstream::Offline,
+            upstream: UpstreamState::Offline,
             since: now_rfc3339(),
             epoch: String::new(),
             seq: 0,
@@ -24,20 +24,20 @@ impl Default for HubStatus {
     }
 }
 
-/// Upstream state as kiosks see it in `relay.status`.
+/// The upstream's state as kiosks see it in `relay.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
+pub enum UpstreamState {
     Live,
     CatchingUp,
     Offline,
 }
 
-impl Upstream {
+impl UpstreamState {
     pub fn as_str(self) -> &'static str {
         match self {
-            Upstream::Live => "live",
-            Upstream::CatchingUp => "catching-up",
-            Upstream::Offline => "offline",
+            UpstreamState::Live => "live",
+            UpstreamState::CatchingUp => "catching-up",
+            UpstreamState::Offline => "offline",
         }
     }
 }

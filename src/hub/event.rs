@@ -62,7 +62,7 @@ pub struct Change {
 /// Current records read from Directus: each key with its full record, or `None` when the item
 /// no longer exists. The hub compares them with the mirror to decide what kiosks are told.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sync {
+pub struct CurrentRecords {
     pub collection: String,
     pub items: Vec<(Key, Option<Value>)>,
     /// What upstream said happened, for collections the hub cannot compare (not mirrored).

@@ -2,16 +2,20 @@
 
 use tracing::{debug, warn};
 
-use super::{Hub, Upstream};
+use super::{Hub, UpstreamState};
 use crate::metrics;
 
 impl Hub {
     pub(super) fn note_upstream(&self) {
-        for s in [Upstream::Live, Upstream::CatchingUp, Upstream::Offline] {
+        for s in [
+            UpstreamState::Live,
+            UpstreamState::CatchingUp,
+            UpstreamState::Offline,
+        ] {
             let labels = metrics::StateLabels {
                 state: s.as_str().into(),
             };
-            let value = i64::from(s == self.upstream.0);
+            let value = i64::from(s == self.upstream.state);
             self.metrics.upstream.get_or_create(&labels).set(value);
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use super::event::{Action, Change, Sync};
+use super::event::{Action, Change, CurrentRecords};
 use super::mirror::{self, Put};
 use super::rooms::{self, Item};
 use super::{Hub, Room};
@@ -93,7 +93,7 @@ impl Hub {
 
     /// Replaces known records with current ones: new keys are created, changed ones updated,
     /// vanished ones deleted; what kiosks already have is not sent again.
-    pub(super) fn sync(&mut self, sync: Sync) {
+    pub(super) fn sync(&mut self, sync: CurrentRecords) {
         let collection = sync.collection.as_str();
         let Some(settings) = self.config.collection(collection) else {
             return;
@@ -202,7 +202,7 @@ impl Hub {
 mod tests {
     use serde_json::json;
 
-    use super::super::Upstream;
+    use super::super::UpstreamState;
     use super::super::event::Action;
     use super::super::testing::{change, events, hub};
 
@@ -356,7 +356,7 @@ mod tests {
             &[json!(1)],
             Some(json!({})),
         ));
-        hub.set_upstream(Upstream::Offline);
+        hub.set_upstream(UpstreamState::Offline);
         assert_eq!(hub.seq, 1);
         assert_eq!(hub.mirror.len("screens"), 1);
     }

@@ -22,7 +22,7 @@ mod relay_status;
 pub mod replay;
 pub mod rooms;
 pub mod shape;
-pub mod state;
+pub mod state_file;
 mod subscribe;
 #[cfg(test)]
 mod testing;
@@ -40,11 +40,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::clock::{self, now_rfc3339};
+use crate::clock::{Timestamp, now_rfc3339};
 use crate::config::Config;
 use crate::metrics::Metrics;
-pub use crate::report::{HubStatus, Upstream};
-use event::{Change, Sync};
+pub use crate::report::{HubReport, UpstreamState};
+use event::{Change, CurrentRecords};
 use mirror::{Fingerprints, Mirror};
 use replay::ReplayRing;
 use shape::Shapes;
@@ -69,12 +69,12 @@ pub enum Command {
     /// A change from upstream, as submitted (webhook): merged into the known records.
     Apply(Change),
     /// Current records from Directus: they replace the known records.
-    Sync(Sync),
+    Sync(CurrentRecords),
     /// The upstream's state changed; kiosks are told.
-    Upstream(Upstream),
+    Upstream(UpstreamState),
     /// The activity id the mirror is now caught up to (kept in the state file).
     Cursor(u64),
-    /// A kiosk connected: tell it the relay's status.
+    /// A kiosk connected: tell it the relay's status (`relay.status`).
     Connected(SocketRef),
     /// A kiosk asks for collections, optionally resuming.
     Subscribe {
@@ -117,6 +117,17 @@ pub enum Busy {
     Stopped,
 }
 
+/// A bounded queue that refuses a message is full, or its receiver has stopped: the hub's inbox,
+/// or the upstream's queue of webhook changes.
+impl<T> From<mpsc::error::TrySendError<T>> for Busy {
+    fn from(e: mpsc::error::TrySendError<T>) -> Self {
+        match e {
+            mpsc::error::TrySendError::Full(_) => Busy::Full,
+            mpsc::error::TrySendError::Closed(_) => Busy::Stopped,
+        }
+    }
+}
+
 /// Proof of life from the hub's loop.
 #[derive(Debug)]
 pub struct Liveness {
@@ -149,19 +160,14 @@ impl Liveness {
 pub struct HubHandle {
     tx: mpsc::Sender<Command>,
     liveness: Arc<Liveness>,
-    status: watch::Receiver<HubStatus>,
-    status_tx: Arc<watch::Sender<HubStatus>>,
+    report: watch::Receiver<HubReport>,
+    report_tx: Arc<watch::Sender<HubReport>>,
 }
 
 impl HubHandle {
     /// Hands a change to the hub without waiting.
     pub fn try_apply(&self, change: Change) -> Result<(), Busy> {
-        self.tx
-            .try_send(Command::Apply(change))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Busy::Full,
-                mpsc::error::TrySendError::Closed(_) => Busy::Stopped,
-            })
+        self.tx.try_send(Command::Apply(change)).map_err(Busy::from)
     }
 
     /// Hands a change to the hub, waiting while its inbox is full.
@@ -178,9 +184,9 @@ impl HubHandle {
         &self.liveness
     }
 
-    /// The hub's latest published status.
-    pub fn status(&self) -> HubStatus {
-        self.status.borrow().clone()
+    /// What the hub last reported about itself.
+    pub fn report(&self) -> HubReport {
+        self.report.borrow().clone()
     }
 
     /// Commands waiting in the inbox.
@@ -199,12 +205,12 @@ pub fn channel(config: &Config) -> (HubHandle, Inbox) {
     let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
     let liveness = Arc::new(Liveness::new());
     liveness.beat();
-    let (status_tx, status) = watch::channel(HubStatus::default());
+    let (report_tx, report) = watch::channel(HubReport::default());
     let handle = HubHandle {
         tx,
         liveness,
-        status,
-        status_tx: Arc::new(status_tx),
+        report,
+        report_tx: Arc::new(report_tx),
     };
     (handle, Inbox(rx))
 }
@@ -212,8 +218,8 @@ pub fn channel(config: &Config) -> (HubHandle, Inbox) {
 /// What the hub starts from: the saved state, and where to save it.
 #[derive(Debug, Default)]
 pub struct Persistence {
-    pub saved: Option<state::Saved>,
-    pub writer: Option<state::Writer>,
+    pub saved: Option<state_file::Saved>,
+    pub writer: Option<state_file::Writer>,
 }
 
 /// Starts the hub on `tracker`; it stops when `shutdown` is cancelled, after handling what is
@@ -229,15 +235,23 @@ pub fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let mut hub = Hub::new(config.clone(), io, metrics, handle.status_tx.clone());
+    let mut hub = Hub::new(config.clone(), io, metrics, handle.report_tx.clone());
     hub.writer = persistence.writer;
     if let Some(saved) = persistence.saved {
         hub.restore(saved);
     }
     info!(epoch = %hub.epoch, "hub started");
-    hub.publish_status();
+    hub.publish_report();
     hub.note_upstream();
     tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
+}
+
+/// The upstream's state as kiosks are told it in `relay.status`, and since when (RFC 3339):
+/// offline, since the content was last known current.
+#[derive(Debug)]
+struct UpstreamSince {
+    state: UpstreamState,
+    since: String,
 }
 
 /// A routed room: its name, and the `{field: value}` its events and acks carry.
@@ -261,15 +275,16 @@ struct Hub {
     mirror: Mirror,
     ring: ReplayRing,
     seen: Fingerprints,
-    upstream: (Upstream, String),
-    status_tx: Arc<watch::Sender<HubStatus>>,
+    /// The upstream's state as kiosks are told it, and since when.
+    upstream: UpstreamSince,
+    report_tx: Arc<watch::Sender<HubReport>>,
     cursor: Option<u64>,
-    /// When the content was last known current (RFC 3339, Unix seconds): saved with it, so a
-    /// relay that restarts without an uplink tells kiosks the content's real age.
-    known_current: (String, i64),
+    /// When the content was last known current: saved with it, so a relay that restarts
+    /// without an uplink tells kiosks the content's real age.
+    known_current: Timestamp,
     /// Something worth saving changed since the last save.
     dirty: bool,
-    writer: Option<state::Writer>,
+    writer: Option<state_file::Writer>,
     /// The status page's kiosks per room, as last counted.
     board_rooms: board::BoardRooms,
 }
@@ -279,7 +294,7 @@ impl Hub {
         config: Config,
         io: SocketIo,
         metrics: Arc<Metrics>,
-        status_tx: Arc<watch::Sender<HubStatus>>,
+        report_tx: Arc<watch::Sender<HubReport>>,
     ) -> Self {
         let limits = &config.limits;
         Hub {
@@ -290,17 +305,23 @@ impl Hub {
             seq: 0,
             // Webhooks alone are live at once; a Directus source first catches up.
             upstream: match config.directus {
-                None => (Upstream::Live, now_rfc3339()),
-                Some(_) => (Upstream::CatchingUp, now_rfc3339()),
+                None => UpstreamSince {
+                    state: UpstreamState::Live,
+                    since: now_rfc3339(),
+                },
+                Some(_) => UpstreamSince {
+                    state: UpstreamState::CatchingUp,
+                    since: now_rfc3339(),
+                },
             },
             shapes: Shapes::new(&config),
             namespaces: Shapes::namespaces(&config),
             config,
             io,
             metrics,
-            status_tx,
+            report_tx,
             cursor: None,
-            known_current: (now_rfc3339(), clock::unix_now()),
+            known_current: Timestamp::now(),
             dirty: false,
             writer: None,
             board_rooms: board::BoardRooms::default(),
@@ -326,7 +347,7 @@ impl Hub {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    self.publish_status();
+                    self.publish_report();
                     self.publish_board();
                 }
                 _ = persist.tick() => self.save_if_dirty(),

@@ -4,17 +4,20 @@
 use tracing::{info, warn};
 
 use super::replay::ReplayRing;
-use super::{Hub, Upstream, state};
-use crate::clock::{self, now_rfc3339};
+use super::{Hub, UpstreamSince, UpstreamState, state_file};
+use crate::clock::Timestamp;
 
 impl Hub {
     /// Takes up where a previous run left off: the mirror as it was, the cursor, and the
     /// content's time. The epoch and seq continue only after a clean shutdown; otherwise events
     /// sent after the last save may be lost from the file, and reusing their seqs would make
     /// resuming kiosks skip new events, so kiosks start over with a snapshot in a new epoch.
-    pub(super) fn restore(&mut self, saved: state::Saved) {
+    pub(super) fn restore(&mut self, saved: state_file::Saved) {
         self.cursor = saved.cursor;
-        self.known_current = (saved.saved_at.clone(), saved.saved_unix);
+        self.known_current = Timestamp {
+            rfc3339: saved.saved_at.clone(),
+            unix: saved.saved_unix,
+        };
         for (collection, items) in saved.mirror {
             if self.config.collection(&collection).is_none() {
                 continue;
@@ -39,11 +42,14 @@ impl Hub {
         self.ring = ReplayRing::new(limits.replay_events, limits.replay_bytes, self.seq);
         // Until upstream says otherwise, kiosks are told the content is from the last save.
         let state = if self.config.directus.is_some() {
-            Upstream::Offline
+            UpstreamState::Offline
         } else {
-            Upstream::Live
+            UpstreamState::Live
         };
-        self.upstream = (state, saved.saved_at);
+        self.upstream = UpstreamSince {
+            state,
+            since: saved.saved_at,
+        };
         self.metrics.seq.set(self.seq as i64);
     }
 
@@ -83,17 +89,17 @@ impl Hub {
 
     /// The state file's contents; `clean` only for the last write, after the last event.
     fn serialise(&self, clean: bool) -> serde_json::Result<Vec<u8>> {
-        let (saved_at, saved_unix) = match self.upstream.0 {
-            Upstream::Live => (now_rfc3339(), clock::unix_now()),
-            Upstream::CatchingUp | Upstream::Offline => self.known_current.clone(),
+        let saved = match self.upstream.state {
+            UpstreamState::Live => Timestamp::now(),
+            UpstreamState::CatchingUp | UpstreamState::Offline => self.known_current.clone(),
         };
-        serde_json::to_vec(&state::SavedRef {
-            version: state::VERSION,
+        serde_json::to_vec(&state_file::SavedRef {
+            version: state_file::VERSION,
             epoch: &self.epoch,
             seq: self.seq,
             cursor: self.cursor,
-            saved_at,
-            saved_unix,
+            saved_at: saved.rfc3339,
+            saved_unix: saved.unix,
             clean,
             mirror: &self.mirror,
         })
@@ -124,11 +130,11 @@ mod tests {
     use super::super::event::Action;
     use super::super::subscribe::Target;
     use super::super::testing::{change, hub, request};
-    use super::super::{Hub, Upstream, state};
+    use super::super::{Hub, UpstreamState, state_file};
     use crate::clock;
     use crate::metrics::Metrics;
 
-    fn saved_from(hub: &Hub, clean: bool) -> state::Saved {
+    fn saved_from(hub: &Hub, clean: bool) -> state_file::Saved {
         let bytes = hub.serialise(clean).expect("serialise");
         serde_json::from_slice(&bytes).expect("the loader reads what the hub writes")
     }
@@ -210,7 +216,7 @@ mod tests {
         let mut old: Value =
             serde_json::from_slice(&before.serialise(true).expect("serialise")).expect("json");
         old.as_object_mut().expect("object").remove("clean");
-        let old: state::Saved = serde_json::from_value(old).expect("an old file still loads");
+        let old: state_file::Saved = serde_json::from_value(old).expect("an old file still loads");
         assert!(!old.clean);
         let mut after = hub("");
         after.restore(old);
@@ -226,12 +232,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
-        let writer = state::Writer::spawn(dir.path().to_owned(), metrics.clone(), &tracker);
+        let writer = state_file::Writer::spawn(dir.path().to_owned(), metrics.clone(), &tracker);
         let mut after = hub("");
         after.writer = Some(writer);
         after.restore(saved_from(&before, true));
         assert_eq!(after.epoch, before.epoch);
-        let on_disk = state::load(dir.path()).expect("written at once");
+        let on_disk = state_file::load(dir.path()).expect("written at once");
         assert!(!on_disk.clean);
         assert_eq!(
             (on_disk.epoch.as_str(), on_disk.seq),
@@ -246,7 +252,11 @@ mod tests {
         let not_a_dir = dir.path().join("file");
         std::fs::write(&not_a_dir, b"").expect("write");
         let mut unwritable = hub("");
-        unwritable.writer = Some(state::Writer::spawn(not_a_dir, metrics.clone(), &tracker));
+        unwritable.writer = Some(state_file::Writer::spawn(
+            not_a_dir,
+            metrics.clone(),
+            &tracker,
+        ));
         unwritable.restore(saved_from(&before, true));
         assert_ne!(unwritable.epoch, before.epoch);
         assert_eq!(unwritable.seq, 0);
@@ -264,25 +274,25 @@ mod tests {
         saved.saved_at = "2026-11-28T17:00:00.000Z".into();
         saved.saved_unix = 1_795_885_200;
         hub.restore(saved);
-        assert_eq!(hub.status()["upstream"], "offline");
-        assert_eq!(hub.status()["since"], "2026-11-28T17:00:00.000Z");
+        assert_eq!(hub.relay_status()["upstream"], "offline");
+        assert_eq!(hub.relay_status()["since"], "2026-11-28T17:00:00.000Z");
         let again = saved_from(&hub, true);
         assert_eq!(
             (again.saved_at.as_str(), again.saved_unix),
             ("2026-11-28T17:00:00.000Z", 1_795_885_200)
         );
-        hub.set_upstream(Upstream::CatchingUp);
+        hub.set_upstream(UpstreamState::CatchingUp);
         assert_eq!(saved_from(&hub, true).saved_unix, 1_795_885_200);
-        hub.set_upstream(Upstream::Offline);
+        hub.set_upstream(UpstreamState::Offline);
         assert_eq!(
-            hub.status()["since"],
+            hub.relay_status()["since"],
             "2026-11-28T17:00:00.000Z",
             "a failed catch-up does not make the content newer"
         );
-        hub.set_upstream(Upstream::Live);
+        hub.set_upstream(UpstreamState::Live);
         let live = saved_from(&hub, true);
         assert!(live.saved_unix >= clock::unix_now() - 60, "live: now");
-        hub.set_upstream(Upstream::Offline);
+        hub.set_upstream(UpstreamState::Offline);
         let offline = saved_from(&hub, true);
         assert!(offline.saved_unix >= live.saved_unix);
         assert_ne!(offline.saved_at, "2026-11-28T17:00:00.000Z");

@@ -1,48 +1,51 @@
 //! The relay's status as the hub tells it: to kiosks in `relay.status` (when they connect and
-//! whenever the upstream's state changes), and to the rest of the relay as [`HubStatus`].
+//! whenever the upstream's state changes), and to the rest of the relay as [`HubReport`].
 
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use tracing::info;
 
-use super::{Hub, HubStatus, Upstream};
-use crate::clock::{self, now_rfc3339};
+use super::{Hub, HubReport, UpstreamSince, UpstreamState};
+use crate::clock::{Timestamp, now_rfc3339};
 
 impl Hub {
-    pub(super) fn publish_status(&self) {
-        let status = HubStatus {
-            upstream: self.upstream.0,
-            since: self.upstream.1.clone(),
+    /// Publishes what the hub reports about itself (to `/readyz`, the status page and
+    /// systemd), when it changed.
+    pub(super) fn publish_report(&self) {
+        let report = HubReport {
+            upstream: self.upstream.state,
+            since: self.upstream.since.clone(),
             epoch: self.epoch.clone(),
             seq: self.seq,
         };
-        self.status_tx.send_if_modified(|old| {
-            let changed = *old != status;
-            *old = status;
+        self.report_tx.send_if_modified(|old| {
+            let changed = *old != report;
+            *old = report;
             changed
         });
     }
 
-    pub(super) fn set_upstream(&mut self, state: Upstream) {
-        if self.upstream.0 == state {
+    /// The upstream's state changed: kiosks are told at once.
+    pub(super) fn set_upstream(&mut self, state: UpstreamState) {
+        if self.upstream.state == state {
             return;
         }
         info!(upstream = state.as_str(), "upstream state changed");
-        if self.upstream.0 == Upstream::Live {
-            self.known_current = (now_rfc3339(), clock::unix_now());
+        if self.upstream.state == UpstreamState::Live {
+            self.known_current = Timestamp::now();
         }
         // Offline, kiosks show how old their content is: when it was last known current.
         let since = match state {
-            Upstream::Offline => self.known_current.0.clone(),
-            Upstream::Live | Upstream::CatchingUp => now_rfc3339(),
+            UpstreamState::Offline => self.known_current.rfc3339.clone(),
+            UpstreamState::Live | UpstreamState::CatchingUp => now_rfc3339(),
         };
-        self.upstream = (state, since);
+        self.upstream = UpstreamSince { state, since };
         self.note_upstream();
-        if state == Upstream::Offline {
+        if state == UpstreamState::Offline {
             self.metrics.upstream_outages.inc();
         }
-        self.publish_status();
-        let status = self.status();
+        self.publish_report();
+        let status = self.relay_status();
         for socket in self.kiosks() {
             if let Err(e) = socket.emit("relay.status", &status) {
                 self.send_failed(&socket, e);
@@ -50,10 +53,11 @@ impl Hub {
         }
     }
 
-    pub(super) fn status(&self) -> Value {
+    /// The body of `relay.status`.
+    pub(super) fn relay_status(&self) -> Value {
         json!({
-            "upstream": self.upstream.0.as_str(),
-            "since": self.upstream.1,
+            "upstream": self.upstream.state.as_str(),
+            "since": self.upstream.since,
             "epoch": self.epoch,
             "seq": self.seq,
         })
@@ -63,7 +67,7 @@ impl Hub {
         if !socket.connected() {
             return;
         }
-        if let Err(e) = socket.emit("relay.status", &self.status()) {
+        if let Err(e) = socket.emit("relay.status", &self.relay_status()) {
             self.send_failed(&socket, e);
         }
     }

@@ -75,6 +75,20 @@ impl Target {
     }
 }
 
+/// Why the hub declines a subscribe: a reason label (the `subscribes` metric) and words for the
+/// kiosk (its ack's `error`).
+#[derive(Debug)]
+struct Declined {
+    reason: &'static str,
+    message: String,
+}
+
+impl Declined {
+    fn new(reason: &'static str, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
 /// Marks a kiosk that has subscribed: it no longer receives what it got by default.
 #[derive(Debug, Clone, Copy)]
 struct Subscribed;
@@ -99,7 +113,7 @@ impl Hub {
         }
         let targets = match self.targets(&socket, &request) {
             Ok(targets) => targets,
-            Err((reason, message)) => return self.refuse(ack, reason, message),
+            Err(declined) => return self.decline(ack, declined),
         };
         let replay = self.replay_for(&request, &targets);
         let mut collections = Map::new();
@@ -159,14 +173,14 @@ impl Hub {
     }
 
     /// What a subscribe asks for, checked against the relayed collections, their routed
-    /// rooms and the kiosk's token. The error is a reason label and words for the kiosk.
+    /// rooms and the kiosk's token.
     fn targets(
         &self,
         socket: &SocketRef,
         request: &SubscribeRequest,
-    ) -> Result<Vec<Target>, (&'static str, String)> {
+    ) -> Result<Vec<Target>, Declined> {
         if request.collections.is_empty() {
-            return Err((
+            return Err(Declined::new(
                 "invalid",
                 "subscribe needs \"collections\": a list of collection names".into(),
             ));
@@ -185,7 +199,7 @@ impl Hub {
                     .iter()
                     .map(|c| c.name.as_str())
                     .collect();
-                return Err((
+                return Err(Declined::new(
                     "unknown-collection",
                     format!(
                         "collection {name:?} is not relayed; relayed collections: {}",
@@ -195,7 +209,7 @@ impl Hub {
             };
             let namespace = &*self.shapes.get(name).namespace;
             if namespace != socket.ns() {
-                return Err((
+                return Err(Declined::new(
                     "wrong-namespace",
                     format!(
                         "collection {name:?} is served on the namespace {namespace:?}: connect to it there (io(\"http://<relay>{}\"))",
@@ -205,7 +219,7 @@ impl Hub {
             }
             if !access.as_ref().is_some_and(|a| a.may_read(name)) {
                 let token = access.as_ref().map_or("none", |a| &*a.name);
-                return Err((
+                return Err(Declined::new(
                     "forbidden",
                     format!("this kiosk's token ({token}) may not read {name:?}"),
                 ));
@@ -254,13 +268,14 @@ impl Hub {
         }
     }
 
-    fn refuse(&self, ack: AckSender, reason: &str, message: String) {
+    fn decline(&self, ack: AckSender, declined: Declined) {
         self.metrics
             .subscribes
-            .get_or_create(&metrics::reason_labels(reason))
+            .get_or_create(&metrics::reason_labels(declined.reason))
             .inc();
         // The kiosk may have asked without an ack; nothing more to tell it then.
-        ack.send(&json!({ "ok": false, "error": message })).ok();
+        ack.send(&json!({ "ok": false, "error": declined.message }))
+            .ok();
     }
 
     /// The events a resuming kiosk missed in what it wants, or `None` when it must take a
@@ -286,12 +301,9 @@ impl Hub {
 }
 
 /// The routed room a subscribe's `where: {field: value}` names.
-fn routed_room(
-    settings: &CollectionConfig,
-    filter: &Map<String, Value>,
-) -> Result<Room, (&'static str, String)> {
+fn routed_room(settings: &CollectionConfig, filter: &Map<String, Value>) -> Result<Room, Declined> {
     let collection = &settings.name;
-    let invalid = |message: String| Err(("invalid", message));
+    let invalid = |message: String| Err(Declined::new("invalid", message));
     if filter.len() > 1 {
         return invalid(format!(
             "\"where\" names one field; to follow several values, subscribe to {collection:?} once per value"

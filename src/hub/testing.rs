@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::event::{Action, Change, Key};
 use super::subscribe::{Since, SubscribeRequest, Wanted};
-use super::{Hub, HubStatus};
+use super::{Hub, HubReport};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -20,8 +20,8 @@ pub(super) fn hub(extra: &str) -> Hub {
     .expect("valid");
     let (_svc, io) = SocketIo::new_svc();
     io.ns("/", async |_: SocketRef| {});
-    let (status_tx, _) = watch::channel(HubStatus::default());
-    Hub::new(config, io, Arc::new(Metrics::new()), Arc::new(status_tx))
+    let (report_tx, _) = watch::channel(HubReport::default());
+    Hub::new(config, io, Arc::new(Metrics::new()), Arc::new(report_tx))
 }
 
 pub(super) fn change(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::clock::now_rfc3339;
 use crate::config::Config;
-use crate::report::HubStatus;
+use crate::report::HubReport;
 
 /// Events the page lists, newest first.
 pub const RECENT_EVENTS: usize = 50;
@@ -149,7 +149,7 @@ impl Board {
     }
 
     /// Everything the page shows, as JSON.
-    pub fn render(&self, config: &Config, hub: &HubStatus) -> Value {
+    pub fn render(&self, config: &Config, hub: &HubReport) -> Value {
         let now = self.start.elapsed().as_secs();
         let inner = self.inner();
         let rooms: Vec<Value> = inner
