@@ -42,12 +42,13 @@ const SOCKET_IO_PATH: &str = "/socket.io";
 /// extensions by [`Tagged`].
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
-    state: Arc<State>,
+    switch: Arc<Switch>,
     upgrades: Arc<Upgrades>,
 }
 
+/// The connection's kill switch, shared by every request it carries.
 #[derive(Debug)]
-struct State {
+struct Switch {
     kill: CancellationToken,
     /// Set before `kill` is cancelled: what every read and write checks (an atomic load, where
     /// the token's own check takes its mutex).
@@ -59,7 +60,7 @@ struct State {
 impl ConnectionHandle {
     pub fn new(upgrades: Arc<Upgrades>) -> Self {
         Self {
-            state: Arc::new(State {
+            switch: Arc::new(Switch {
                 kill: CancellationToken::new(),
                 closed: AtomicBool::new(false),
                 upgraded: Mutex::new(None),
@@ -71,16 +72,16 @@ impl ConnectionHandle {
     /// Closes the connection: reads and writes fail from now on, and the socket is reset
     /// rather than left to drain what the peer does not read.
     pub fn close(&self) {
-        self.state.closed.store(true, Ordering::Release);
-        self.state.kill.cancel();
+        self.switch.closed.store(true, Ordering::Release);
+        self.switch.kill.cancel();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.state.closed.load(Ordering::Acquire)
+        self.switch.closed.load(Ordering::Acquire)
     }
 
     fn same(&self, other: &ConnectionHandle) -> bool {
-        Arc::ptr_eq(&self.state, &other.state)
+        Arc::ptr_eq(&self.switch, &other.switch)
     }
 }
 
@@ -105,7 +106,7 @@ impl Upgrades {
             return;
         }
         let mut upgraded = connection
-            .state
+            .switch
             .upgraded
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -124,7 +125,7 @@ impl Upgrades {
 
     fn forget(&self, connection: &ConnectionHandle) {
         let sid = connection
-            .state
+            .switch
             .upgraded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -337,7 +338,7 @@ pub struct Killable {
 
 impl Killable {
     pub fn new(io: Stream, connection: ConnectionHandle) -> Self {
-        let token = connection.state.kill.clone();
+        let token = connection.switch.kill.clone();
         Self {
             io,
             read_killed: Box::pin(token.clone().cancelled_owned()),

@@ -74,8 +74,8 @@ fn demo_client(config: &Config) -> Response<Body> {
 }
 
 /// What the status page shows. With `[admin] token`, only for `Authorization: Bearer <token>`.
-fn status_json(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
-    if let Some(token) = &state.config.admin.token {
+fn status_json(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    if let Some(token) = &shared.config.admin.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -89,10 +89,10 @@ fn status_json(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
             );
         }
     }
-    let status = state
+    let status = shared
         .metrics
         .board
-        .render(&state.config, &state.hub.status());
+        .render(&shared.config, &shared.hub.report());
     with_header(
         json_response(StatusCode::OK, &status),
         header::CACHE_CONTROL,
@@ -100,9 +100,9 @@ fn status_json(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
     )
 }
 
-/// What the HTTP handlers need.
+/// What the HTTP handlers share: cloned into every request.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct Shared {
     pub config: Arc<Config>,
     pub hub: HubHandle,
     pub metrics: Arc<Metrics>,
@@ -116,7 +116,7 @@ type Body = Full<Bytes>;
 
 /// The service for everything that is not Socket.IO.
 pub fn service(
-    state: AppState,
+    shared: Shared,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -126,14 +126,14 @@ pub fn service(
 + Send
 + 'static {
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok(route(req, &state).await) }
+        let shared = shared.clone();
+        async move { Ok(route(req, &shared).await) }
     })
 }
 
-async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path();
-    if path == state.config.webhook.path {
+    if path == shared.config.webhook.path {
         if req.method() != Method::POST {
             return with_header(
                 text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
@@ -145,9 +145,9 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         return match webhook::receive(
             &parts.headers,
             body,
-            &state.config,
-            &state.sink,
-            &state.metrics,
+            &shared.config,
+            &shared.sink,
+            &shared.metrics,
         )
         .await
         {
@@ -168,38 +168,38 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
     }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => {
-            if state.hub.liveness().is_alive() {
+            if shared.hub.liveness().is_alive() {
                 text(StatusCode::OK, "ok\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
             }
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if !state.ready.load(Ordering::Relaxed) {
+            if !shared.ready.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-            } else if !state.hub.liveness().is_alive() {
+            } else if !shared.hub.liveness().is_alive() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
             } else {
                 // Kiosks get the last known content whatever Directus does: ready either way.
-                let upstream = state.hub.status().upstream.as_str();
+                let upstream = shared.hub.report().upstream.as_str();
                 text(StatusCode::OK, format!("ready (upstream {upstream})\n"))
             }
         }
         (&Method::GET, "/metrics") => {
-            state
+            shared
                 .metrics
                 .hub_queue_depth
-                .set(state.hub.queue_depth() as i64);
+                .set(shared.hub.queue_depth() as i64);
             with_header(
-                text(StatusCode::OK, state.metrics.encode()),
+                text(StatusCode::OK, shared.metrics.encode()),
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
         (&Method::GET | &Method::HEAD, "/" | "/status") => html(STATUS_PAGE),
-        (&Method::GET, "/status.json") => status_json(&req, state),
+        (&Method::GET, "/status.json") => status_json(&req, shared),
         (&Method::GET | &Method::HEAD, "/demo") => html(DEMO_PAGE),
-        (&Method::GET, "/demo/socket.io.min.js") => demo_client(&state.config),
+        (&Method::GET, "/demo/socket.io.min.js") => demo_client(&shared.config),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

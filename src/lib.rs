@@ -6,7 +6,7 @@
 //! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation.
 //! * [`upstream`]: where changes come from ([`upstream::webhook`]: Directus Flow webhooks).
 //! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring, and emits.
-//! * [`downstream`]: Socket.IO for kiosks ([`downstream::kiosk`]).
+//! * [`kiosk`]: Socket.IO for kiosks ([`kiosk::server`]).
 //! * [`http`]: the single HTTP port and its graceful shutdown.
 //! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate re-read on SIGHUP.
@@ -17,13 +17,15 @@
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
 pub mod certificate;
+pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod downstream;
 pub mod http;
 pub mod hub;
+pub mod kiosk;
 pub mod metrics;
-pub mod status;
+pub mod report;
+pub mod status_page;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
@@ -80,21 +82,21 @@ pub async fn run_with_reload(
 
     let (hub, inbox) = hub::channel(&config);
     let (sink, webhooks) = upstream::webhook_sink(&config, &hub);
-    let state = http::AppState {
+    let shared = http::Shared {
         config: config.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         sink,
     };
-    let (svc, io) = downstream::kiosk::builder(&config.limits)
-        .build_with_inner_svc(http::service(state.clone()));
-    downstream::kiosk::attach(&io, hub.clone(), metrics.clone(), &config);
-    let saved = hub::state::load(&config.state_dir);
+    let (svc, io) =
+        kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
+    kiosk::server::attach(&io, hub.clone(), metrics.clone(), &config);
+    let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     let persistence = hub::Persistence {
         saved,
-        writer: Some(hub::state::Writer::spawn(
+        writer: Some(hub::state_file::Writer::spawn(
             config.state_dir.clone(),
             metrics.clone(),
             &tracker,
@@ -126,14 +128,14 @@ pub async fn run_with_reload(
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = http::Server::start(listener, tls, http::Cors::new(svc, config.clients.clone()));
-    state.ready.store(true, Ordering::Relaxed);
+    shared.ready.store(true, Ordering::Relaxed);
     info!(%addr, scheme, webhook = %config.webhook.path, "relay listening");
     systemd::ready(&systemd::status_line(&hub, &metrics));
 
     shutdown.cancelled().await;
     info!("shutting down");
     systemd::stopping();
-    state.ready.store(false, Ordering::Relaxed);
+    shared.ready.store(false, Ordering::Relaxed);
     server.shutdown(&io, config.shutdown_grace).await;
     stop_tasks.cancel();
     tracker.close();
@@ -173,8 +175,8 @@ fn spawn_reloader(
 /// this is not resumed from: the relay reloads every collection instead.
 pub const RESUME_WINDOW_SECS: i64 = 25 * 24 * 3600;
 
-fn resumable_cursor(saved: &hub::state::Saved) -> Option<u64> {
-    let age = metrics::unix_now() - saved.saved_unix;
+fn resumable_cursor(saved: &hub::state_file::Saved) -> Option<u64> {
+    let age = clock::unix_now() - saved.saved_unix;
     saved.cursor.filter(|_| age < RESUME_WINDOW_SECS)
 }
 
@@ -190,14 +192,14 @@ pub fn random_hex(bytes: usize) -> String {
 mod tests {
     use super::*;
 
-    fn saved(age_secs: i64, cursor: Option<u64>) -> hub::state::Saved {
-        hub::state::Saved {
-            version: hub::state::VERSION,
+    fn saved(age_secs: i64, cursor: Option<u64>) -> hub::state_file::Saved {
+        hub::state_file::Saved {
+            version: hub::state_file::VERSION,
             epoch: "e".into(),
             seq: 1,
             cursor,
             saved_at: String::new(),
-            saved_unix: metrics::unix_now() - age_secs,
+            saved_unix: clock::unix_now() - age_secs,
             clean: true,
             mirror: Default::default(),
         }

@@ -31,7 +31,7 @@ pub struct CollectionLabels {
 pub struct Metrics {
     registry: Registry,
     /// What the status page shows: recent events and refusals, the mirror, the rooms.
-    pub board: crate::status::Board,
+    pub board: crate::status_page::Board,
     /// Kiosks connected right now.
     pub kiosks_connected: Gauge,
     /// Kiosks refused, by reason (`full`, `no-token`, `bad-token`).
@@ -128,7 +128,7 @@ impl Metrics {
             state_last_write: Gauge::default(),
             state_last_write_time: Gauge::default(),
             registry: Registry::default(),
-            board: crate::status::Board::default(),
+            board: crate::status_page::Board::default(),
         };
         registry.register(
             "kiosks_connected",
@@ -300,11 +300,4 @@ pub fn reason_labels(reason: &str) -> ReasonLabels {
     ReasonLabels {
         reason: reason.to_owned(),
     }
-}
-
-/// Seconds since the Unix epoch, for timestamp gauges.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -34,13 +34,13 @@ pub fn stopping() {
 
 /// One line for `systemctl status`.
 pub fn status_line(hub: &HubHandle, metrics: &Metrics) -> String {
-    let status = hub.status();
+    let report = hub.report();
     format!(
         "upstream {} since {}; {} kiosks; seq {}",
-        status.upstream.as_str(),
-        status.since,
+        report.upstream.as_str(),
+        report.since,
         metrics.kiosks_connected.get(),
-        status.seq
+        report.seq
     )
 }
 

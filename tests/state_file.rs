@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{SECRET, get};
-use directus_relay::hub::state::{self, FILE_NAME, TMP_NAME};
+use directus_relay::hub::state_file::{self, FILE_NAME, TMP_NAME};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -264,7 +264,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 /// The saved keys, each record checked complete.
-fn checked_items(saved: &state::Saved) -> Vec<u64> {
+fn checked_items(saved: &state_file::Saved) -> Vec<u64> {
     let items = saved.mirror.get("screens").cloned().unwrap_or_default();
     let mut keys: Vec<u64> = items
         .into_iter()
@@ -345,7 +345,7 @@ async fn kill_9_while_writing_never_loses_the_saved_state() {
             "round {round}: unexpected files {stray:?}"
         );
         tmp_left += u32::from(!stray.is_empty());
-        let saved = state::load(&state_dir).expect("a state file after every kill");
+        let saved = state_file::load(&state_dir).expect("a state file after every kill");
         assert!(
             leftovers(&state_dir).iter().all(|n| !n.contains("corrupt")),
             "round {round}: the state file was set aside as damaged"
@@ -418,7 +418,7 @@ async fn kill_9_while_writing_never_loses_the_saved_state() {
 
     // A clean stop after all that marks the file clean.
     relay.take().expect("relay").terminate();
-    assert!(state::load(&state_dir).expect("state").clean);
+    assert!(state_file::load(&state_dir).expect("state").clean);
 }
 
 /// How many state writes a steady stream of changes causes with the default

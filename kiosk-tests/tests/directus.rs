@@ -541,7 +541,7 @@ async fn a_restart_without_uplink_serves_the_saved_content_then_catches_up() {
 
 /// The time the state file says its content is from.
 fn saved_time(state_dir: &tempfile::TempDir) -> Value {
-    let saved = directus_relay::hub::state::load(state_dir.path()).expect("a saved state");
+    let saved = directus_relay::hub::state_file::load(state_dir.path()).expect("a saved state");
     Value::String(saved.saved_at)
 }
 

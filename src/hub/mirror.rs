@@ -172,11 +172,11 @@ impl Mirror {
     }
 
     /// Items and bytes per collection, for the status page.
-    pub fn stats(&self) -> Vec<crate::status::MirrorNote> {
+    pub fn stats(&self) -> Vec<crate::status_page::MirrorNote> {
         let mut stats: Vec<_> = self
             .collections
             .iter()
-            .map(|(name, c)| crate::status::MirrorNote {
+            .map(|(name, c)| crate::status_page::MirrorNote {
                 collection: name.clone(),
                 items: c.items.len(),
                 bytes: c.bytes,

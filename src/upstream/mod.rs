@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
 use crate::hub::event::Change;
-use crate::hub::{Command, HubHandle, Upstream};
+use crate::hub::{Command, HubHandle, UpstreamState};
 use backoff::Backoff;
 use directus::Directus;
 use sync::{SyncError, Syncer};
@@ -93,7 +93,7 @@ async fn supervise(
         warn!(%error, retry_in = ?wait, "Directus is unavailable; kiosks keep the last known content");
         if syncer
             .hub()
-            .send(Command::Upstream(Upstream::Offline))
+            .send(Command::Upstream(UpstreamState::Offline))
             .await
             .is_err()
         {
@@ -134,7 +134,7 @@ async fn run_once(
     let Some(directus) = &config.directus else {
         return Ok(());
     };
-    state(syncer, Upstream::CatchingUp).await?;
+    report_upstream(syncer, UpstreamState::CatchingUp).await?;
     if *started {
         syncer.catch_up().await?;
         syncer.reload_unfollowed().await?;
@@ -146,7 +146,7 @@ async fn run_once(
     match directus.mode {
         Mode::Websocket => websocket::session(syncer, config, shutdown).await,
         Mode::Poll => {
-            state(syncer, Upstream::Live).await?;
+            report_upstream(syncer, UpstreamState::Live).await?;
             let mut reconcile = reconcile_timer(directus.reconcile_interval);
             // An interval, not a sleep per turn: the reconcile tick must not push polls back.
             let mut poll = reconcile_timer(directus.poll_interval);
@@ -162,7 +162,7 @@ async fn run_once(
             }
         }
         Mode::Webhook => {
-            state(syncer, Upstream::Live).await?;
+            report_upstream(syncer, UpstreamState::Live).await?;
             let mut reconcile = reconcile_timer(directus.reconcile_interval);
             loop {
                 tokio::select! {
@@ -190,7 +190,8 @@ fn reconcile_timer(period: std::time::Duration) -> tokio::time::Interval {
     tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
 
-async fn state(syncer: &Syncer, state: Upstream) -> Result<(), SessionError> {
+/// Tells the hub the upstream's state; an error only when the hub has stopped.
+async fn report_upstream(syncer: &Syncer, state: UpstreamState) -> Result<(), SessionError> {
     syncer
         .hub()
         .send(Command::Upstream(state))

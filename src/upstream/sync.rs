@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::config::{CollectionConfig, Config};
-use crate::hub::event::{Action, Change, Key, Sync};
+use crate::hub::event::{Action, Change, CurrentRecords, Key};
 use crate::hub::{Command, HubHandle};
 use crate::metrics::Metrics;
 use crate::upstream::directus::{Accountability, Directus, DirectusError, PAGE};
@@ -195,7 +195,7 @@ impl Syncer {
             complete,
             "collection loaded"
         );
-        self.send(Sync {
+        self.send(CurrentRecords {
             collection: collection.name.clone(),
             items,
             hint: Action::Create,
@@ -247,7 +247,7 @@ impl Syncer {
             }
         }
         self.metrics.activity_cursor.set(self.cursor as i64);
-        self.metrics.last_caught_up.set(crate::metrics::unix_now());
+        self.metrics.last_caught_up.set(crate::clock::unix_now());
         let floor = self.cursor.saturating_sub(OVERLAP_IDS);
         self.done = self.done.split_off(&floor);
         if handled > 0 {
@@ -326,7 +326,7 @@ impl Syncer {
                         )
                     })
                     .collect();
-                self.send(Sync {
+                self.send(CurrentRecords {
                     collection: collection.clone(),
                     items,
                     hint,
@@ -379,7 +379,7 @@ impl Syncer {
             .iter()
             .map(|k| (k.clone(), by_key.remove(&k.text)))
             .collect();
-        self.send(Sync {
+        self.send(CurrentRecords {
             collection: change.collection,
             items,
             hint: change.action,
@@ -397,7 +397,7 @@ impl Syncer {
             .map_err(|_| SyncError::Stopped)
     }
 
-    async fn send(&self, sync: Sync) -> Result<(), SyncError> {
+    async fn send(&self, sync: CurrentRecords) -> Result<(), SyncError> {
         self.hub
             .send(Command::Sync(sync))
             .await

@@ -56,10 +56,7 @@ impl Sink {
     fn try_send(&self, change: Change) -> Result<(), Busy> {
         match self {
             Sink::Hub(hub) => hub.try_apply(change),
-            Sink::Upstream(tx) => tx.try_send(change).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => Busy::Full,
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => Busy::Stopped,
-            }),
+            Sink::Upstream(tx) => tx.try_send(change).map_err(Busy::from),
         }
     }
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{CollectionConfig, Config, DirectusConfig, MAX_RESPONSE_BYTES};
-use crate::hub::event::{Action, Key, Sync};
-use crate::hub::{Command, Upstream};
+use crate::hub::event::{Action, CurrentRecords, Key};
+use crate::hub::{Command, UpstreamState};
 use crate::upstream::sync::{SyncError, Syncer};
 use crate::upstream::tls;
 
@@ -83,7 +83,7 @@ pub async fn session(
     // Subscribed before catching up: nothing falls between the two.
     syncer.catch_up().await?;
     syncer.reload_unfollowed().await?;
-    set_state(syncer, Upstream::Live).await?;
+    super::report_upstream(syncer, UpstreamState::Live).await?;
     info!(%url, "following Directus over its WebSocket");
 
     let collections: HashMap<&str, &CollectionConfig> = config
@@ -223,17 +223,12 @@ async fn send(socket: &mut Socket, message: &Value) -> Result<(), SessionError> 
         .map_err(|e| SessionError::Socket(format!("cannot send to Directus: {e}")))
 }
 
-async fn set_state(syncer: &Syncer, state: Upstream) -> Result<(), SessionError> {
-    syncer
-        .hub()
-        .send(Command::Upstream(state))
-        .await
-        .map_err(|_| SyncError::Stopped.into())
-}
-
 /// A subscription event as current records for the hub: `create`/`update` carry the items
 /// re-read by Directus, `delete` carries keys.
-pub fn to_sync(message: &Value, collections: &HashMap<&str, &CollectionConfig>) -> Option<Sync> {
+pub fn to_sync(
+    message: &Value,
+    collections: &HashMap<&str, &CollectionConfig>,
+) -> Option<CurrentRecords> {
     let event = message["event"].as_str()?;
     let config = collections.get(message["uid"].as_str()?)?;
     let data = message["data"].as_array()?;
@@ -262,7 +257,7 @@ pub fn to_sync(message: &Value, collections: &HashMap<&str, &CollectionConfig>) 
         ),
         _ => return None,
     };
-    Some(Sync {
+    Some(CurrentRecords {
         collection: config.name.clone(),
         items,
         hint,

@@ -1,7 +1,12 @@
-//! Socket.IO for kiosks on namespace `/`, with the event names of the Directus hook extension.
+//! The Socket.IO server for kiosks: its bounds, a namespace for `/` and each one the
+//! collections name, and admission at connect time (the token, the kiosk limit, the first
+//! rooms).
 //!
-//! Handlers only translate: every emit, room change and ack goes through the hub, which keeps
-//! the order of acks, replays and live events.
+//! Past admission the handlers only translate: a kiosk's `subscribe` is handed to the hub, which
+//! answers it, makes every later room change (subscribe, cut-off) and sends every event, so
+//! acks, replays and live events keep their order. The one room change made here is the first:
+//! a kiosk that does not announce a subscribe joins the rooms of what it may read in the connect
+//! middleware, before socketioxide confirms the connection, so it misses nothing sent after.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,7 +156,7 @@ fn set_up(
         // socketioxide takes it out of its rooms just after this handler: the hub recounts
         // on the next two ticks, so the second count sees it gone.
         metrics.note_room_change();
-        info!(sid = %socket.id, reason = hub::describe_disconnect(reason), "kiosk disconnected");
+        info!(sid = %socket.id, reason = describe_disconnect(reason), "kiosk disconnected");
     });
     socket.on(
         "subscribe",
@@ -184,5 +189,19 @@ async fn subscribe(socket: SocketRef, data: Option<Value>, ack: AckSender, hub: 
             debug!(sid = %socket.id, error, "subscribe refused");
             ack.send(&json!({ "ok": false, "error": error })).ok();
         }
+    }
+}
+
+/// What a kiosk's disconnect is worth logging.
+fn describe_disconnect(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "connection closed",
+        DisconnectReason::MultipleHttpPollingError => "polling error",
+        DisconnectReason::PacketParsingError => "sent a malformed packet",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::HeartbeatTimeout => "stopped answering heartbeats",
+        DisconnectReason::ClientNSDisconnect => "disconnected",
+        DisconnectReason::ServerNSDisconnect => "disconnected by the relay",
+        DisconnectReason::ClosingServer => "relay shutting down",
     }
 }

@@ -87,10 +87,7 @@ pub fn load(dir: &Path) -> Option<Saved> {
             None
         }
         Err(e) => {
-            let aside = dir.join(format!(
-                "{FILE_NAME}.corrupt-{}",
-                crate::metrics::unix_now()
-            ));
+            let aside = dir.join(format!("{FILE_NAME}.corrupt-{}", crate::clock::unix_now()));
             let moved = fs::rename(&path, &aside).is_ok();
             warn!(
                 path = %path.display(),
@@ -197,9 +194,7 @@ fn write_counted(dir: &Path, metrics: &Metrics, bytes: &[u8]) -> std::io::Result
             metrics
                 .state_last_write
                 .set(started.elapsed().as_secs_f64());
-            metrics
-                .state_last_write_time
-                .set(crate::metrics::unix_now());
+            metrics.state_last_write_time.set(crate::clock::unix_now());
         }
         Err(_) => {
             metrics.state_write_failures.inc();

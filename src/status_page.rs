@@ -12,9 +12,9 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::clock::now_rfc3339;
 use crate::config::Config;
-use crate::hub::HubStatus;
-use crate::hub::event::now_rfc3339;
+use crate::report::HubReport;
 
 /// Events the page lists, newest first.
 pub const RECENT_EVENTS: usize = 50;
@@ -149,7 +149,7 @@ impl Board {
     }
 
     /// Everything the page shows, as JSON.
-    pub fn render(&self, config: &Config, hub: &HubStatus) -> Value {
+    pub fn render(&self, config: &Config, hub: &HubReport) -> Value {
         let now = self.start.elapsed().as_secs();
         let inner = self.inner();
         let rooms: Vec<Value> = inner

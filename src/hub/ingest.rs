@@ -1,0 +1,363 @@
+//! Ingest: changes and current records from upstream, merged into the mirror, turned into what
+//! kiosks are told.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+use tracing::debug;
+
+use super::event::{Action, Change, CurrentRecords};
+use super::mirror::{self, Put};
+use super::rooms::{self, Item};
+use super::{Hub, Room};
+use crate::config::CollectionConfig;
+use crate::metrics;
+
+/// What a change did to a collection's items.
+#[derive(Debug, Default)]
+struct Outcome {
+    created: Vec<Item>,
+    updated: Vec<Item>,
+    deleted: Vec<Item>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty()
+    }
+}
+
+impl Hub {
+    pub(super) fn apply(&mut self, change: Change) {
+        let collection = change.collection.as_str();
+        self.metrics
+            .changes_in
+            .get_or_create(&metrics::event_labels(collection, change.action.as_str()))
+            .inc();
+        let Some(settings) = self.config.collection(collection) else {
+            debug!(collection, "change for a collection that is not relayed");
+            return;
+        };
+        let routed = !settings.rooms_by.is_empty();
+        let mut outcome = Outcome::default();
+        match change.action {
+            Action::Create | Action::Update => {
+                for key in &change.keys {
+                    let known = self.mirror.get(collection, &key.text).cloned();
+                    let record = match &known {
+                        Some(known) => mirror::merge(known, change.payload.as_ref()),
+                        None => mirror::merge(
+                            &json!({ settings.key_field.as_str(): key.json }),
+                            change.payload.as_ref(),
+                        ),
+                    };
+                    let fresh = self
+                        .seen
+                        .observe(collection, &key.text, &record.to_string());
+                    let changed = match self.mirror.put(collection, &key.text, record.clone()) {
+                        Put::Changed => true,
+                        Put::Unchanged => false,
+                        Put::NotMirrored => fresh,
+                    };
+                    if !changed {
+                        continue;
+                    }
+                    let item = Item {
+                        key: key.text.clone(),
+                        record,
+                        before: known.filter(|_| routed),
+                    };
+                    match change.action {
+                        Action::Create => outcome.created.push(item),
+                        _ => outcome.updated.push(item),
+                    }
+                }
+            }
+            Action::Delete => {
+                for key in &change.keys {
+                    let last = self.mirror.remove(collection, &key.text);
+                    let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
+                    if last.is_some() || fresh {
+                        outcome.deleted.push(Item {
+                            key: key.text.clone(),
+                            record: last.unwrap_or(Value::Null),
+                            before: None,
+                        });
+                    }
+                }
+            }
+        }
+        self.note_mirror(collection);
+        self.publish(&settings, change.payload.as_ref(), &outcome);
+    }
+
+    /// Replaces known records with current ones: new keys are created, changed ones updated,
+    /// vanished ones deleted; what kiosks already have is not sent again.
+    pub(super) fn sync(&mut self, sync: CurrentRecords) {
+        let collection = sync.collection.as_str();
+        let Some(settings) = self.config.collection(collection) else {
+            return;
+        };
+        self.metrics
+            .changes_in
+            .get_or_create(&metrics::event_labels(collection, sync.hint.as_str()))
+            .inc();
+        let routed = !settings.rooms_by.is_empty();
+        let mut outcome = Outcome::default();
+        let mut listed = HashSet::new();
+        for (key, record) in sync.items {
+            listed.insert(key.text.clone());
+            let known = self.mirror.get(collection, &key.text);
+            let is_known = known.is_some();
+            let before = known.filter(|_| routed).cloned();
+            match record {
+                Some(record) => {
+                    let fresh = self
+                        .seen
+                        .observe(collection, &key.text, &record.to_string());
+                    let put = self.mirror.put(collection, &key.text, record.clone());
+                    let item = Item {
+                        key: key.text,
+                        record,
+                        before,
+                    };
+                    match put {
+                        Put::Unchanged => {}
+                        Put::Changed if is_known => outcome.updated.push(item),
+                        Put::Changed => outcome.created.push(item),
+                        Put::NotMirrored if !fresh => {}
+                        Put::NotMirrored if sync.hint == Action::Create => {
+                            outcome.created.push(item)
+                        }
+                        Put::NotMirrored => outcome.updated.push(item),
+                    }
+                }
+                None => {
+                    let last = self.mirror.remove(collection, &key.text);
+                    let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
+                    let mirrored = self.mirror.overflow(collection).is_none();
+                    if last.is_some() || (fresh && !mirrored) {
+                        outcome.deleted.push(Item {
+                            key: key.text,
+                            record: last.unwrap_or(Value::Null),
+                            before: None,
+                        });
+                    }
+                }
+            }
+        }
+        if sync.complete && self.mirror.overflow(collection).is_none() {
+            let gone: Vec<String> = self
+                .mirror
+                .keys(collection)
+                .filter(|k| !listed.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some(last) = self.mirror.remove(collection, &key) {
+                    self.seen.observe(collection, &key, &"\0deleted");
+                    outcome.deleted.push(Item {
+                        key,
+                        record: last,
+                        before: None,
+                    });
+                }
+            }
+        }
+        self.note_mirror(collection);
+        self.publish(&settings, sync.payload.as_ref(), &outcome);
+    }
+
+    /// Tells kiosks what a change did: the collection's room first, then every routed room
+    /// the change touched.
+    fn publish(&mut self, settings: &CollectionConfig, payload: Option<&Value>, outcome: &Outcome) {
+        let collection = settings.name.as_str();
+        if outcome.is_empty() {
+            self.duplicate(collection);
+            return;
+        }
+        let whole = rooms::RoomChange {
+            arrived: outcome.created.iter().collect(),
+            updated: outcome.updated.iter().collect(),
+            left: Vec::new(),
+            deleted: outcome.deleted.iter().collect(),
+        };
+        self.emit_change(collection, None, payload, &whole);
+        for field in &settings.rooms_by {
+            let plan = rooms::plan(field, &outcome.created, &outcome.updated, &outcome.deleted);
+            for (value, change) in &plan {
+                let room = Room {
+                    name: rooms::room_name(collection, field, value),
+                    filter: json!({ field.as_str(): value }),
+                    field: field.clone(),
+                    value: value.clone(),
+                };
+                self.emit_change(collection, Some(&room), payload, change);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::UpstreamState;
+    use super::super::event::Action;
+    use super::super::testing::{change, events, hub};
+
+    #[test]
+    fn assigns_consecutive_seqs_and_builds_records() {
+        let mut hub = hub("");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"name": "Lobby"})),
+        ));
+        hub.apply(change(
+            "channels",
+            Action::Create,
+            &[json!("news")],
+            Some(json!({"label": "News"})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!("1")],
+            Some(json!({"status": "on"})),
+        ));
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        let got = events(&hub, 0);
+        let names: Vec<(u64, &str)> = got.iter().map(|(s, n, _)| (*s, n.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (1, "data.create"),
+                (2, "data.create"),
+                (3, "data.update"),
+                (4, "data.pre-delete"),
+                (5, "data.delete")
+            ]
+        );
+        assert_eq!(got[0].2["record"], json!({"id": 1, "name": "Lobby"}));
+        assert_eq!(got[0].2["keys"], json!(["1"]));
+        assert_eq!(
+            got[1].2["record"],
+            json!({"slug": "news", "label": "News"}),
+            "key_field"
+        );
+        assert_eq!(
+            got[2].2["records"],
+            json!([{"id": 1, "name": "Lobby", "status": "on"}])
+        );
+        assert_eq!(got[2].2["payload"], json!({"status": "on"}));
+        assert_eq!(
+            got[3].2["records"], got[2].2["records"],
+            "pre-delete has the last record"
+        );
+        assert_eq!(got[4].2["records"], got[2].2["records"]);
+        assert!(got[4].2.get("payload").is_none());
+        assert_eq!(hub.mirror.get("screens", "1"), None);
+        assert_eq!(hub.seq, 5);
+    }
+
+    #[test]
+    fn drops_what_kiosks_already_have() {
+        let mut hub = hub("");
+        let create = change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"name": "A"})),
+        );
+        hub.apply(create.clone());
+        hub.apply(create);
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(1)],
+            Some(json!({"name": "A"})),
+        ));
+        assert_eq!(hub.seq, 1, "same record: nothing new");
+        // An update of several keys carries only those that changed.
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(2)],
+            Some(json!({"name": "B"})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(1), json!(2)],
+            Some(json!({"name": "B"})),
+        ));
+        let last = events(&hub, 2);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].2["keys"], json!(["1"]));
+        // A delete of an item already deleted is dropped; of one never seen, it is sent.
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        hub.apply(change("screens", Action::Delete, &[json!(1)], None));
+        assert_eq!(hub.seq, 5);
+        hub.apply(change("screens", Action::Delete, &[json!(99)], None));
+        let last = events(&hub, 5);
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[1].2["records"], json!([null]), "never seen: no record");
+        // Unrelayed collections are ignored.
+        hub.apply(change("other", Action::Create, &[json!(1)], None));
+        assert_eq!(hub.seq, 7);
+    }
+
+    #[test]
+    fn a_collection_past_its_bound_is_still_relayed_and_deduplicated() {
+        let mut hub = hub("[limits]\nmirror_items = 2");
+        for key in 1..=3 {
+            hub.apply(change(
+                "screens",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({"n": key})),
+            ));
+        }
+        assert_eq!(
+            hub.seq, 3,
+            "the third create is relayed although not mirrored"
+        );
+        assert_eq!(hub.mirror.snapshot("screens"), None);
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(3)],
+            Some(json!({"n": 4})),
+        ));
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(3)],
+            Some(json!({"n": 4})),
+        ));
+        assert_eq!(hub.seq, 4, "the repeat is recognised by fingerprint");
+    }
+
+    /// Changes accepted during the shutdown grace period reach the hub after the Socket.IO
+    /// server is closed: they are still applied (and saved), nothing panics.
+    #[test]
+    fn changes_after_the_socket_io_server_closed_are_still_applied() {
+        let mut hub = hub("");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(hub.io.close());
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({})),
+        ));
+        hub.set_upstream(UpstreamState::Offline);
+        assert_eq!(hub.seq, 1);
+        assert_eq!(hub.mirror.len("screens"), 1);
+    }
+}

@@ -1,0 +1,411 @@
+//! The subscribe protocol: what a kiosk may ask for, the rooms it joins, and its ack with a
+//! snapshot or the events it missed (a replay).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use socketioxide::extract::{AckSender, SocketRef};
+use tracing::debug;
+
+use super::deliver::CutOff;
+use super::event::Event;
+use super::rooms;
+use super::{Hub, Room};
+use crate::config::CollectionConfig;
+use crate::kiosk::access::Access;
+use crate::metrics;
+
+/// The body of a kiosk's `subscribe`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    pub collections: Vec<Wanted>,
+    #[serde(default)]
+    pub since: Option<Since>,
+}
+
+/// One entry of a subscribe's `collections`: a name, or `{collection, where: {field: value}}`
+/// for a routed room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Wanted {
+    Collection(String),
+    Filtered(Filtered),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filtered {
+    pub collection: String,
+    #[serde(rename = "where", default)]
+    pub filter: Option<Map<String, Value>>,
+}
+
+/// Where a kiosk left off.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// A collection, or one of its routed rooms, that a kiosk subscribed to.
+#[derive(Debug)]
+pub(super) struct Target {
+    pub(super) collection: String,
+    pub(super) room: Option<Room>,
+}
+
+impl Target {
+    fn room_name(&self) -> String {
+        match &self.room {
+            Some(room) => room.name.clone(),
+            None => self.collection.clone(),
+        }
+    }
+
+    /// Whether `event` went to this target's room.
+    fn matches(&self, event: &Event) -> bool {
+        match (&self.room, &event.room) {
+            (None, None) => *event.collection == *self.collection,
+            (Some(room), Some(name)) => **name == *room.name,
+            _ => false,
+        }
+    }
+}
+
+/// Why the hub declines a subscribe: a reason label (the `subscribes` metric) and words for the
+/// kiosk (its ack's `error`).
+#[derive(Debug)]
+struct Declined {
+    reason: &'static str,
+    message: String,
+}
+
+impl Declined {
+    fn new(reason: &'static str, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+/// Marks a kiosk that has subscribed: it no longer receives what it got by default.
+#[derive(Debug, Clone, Copy)]
+struct Subscribed;
+
+impl Hub {
+    pub(super) fn subscribe(
+        &mut self,
+        socket: SocketRef,
+        request: SubscribeRequest,
+        ack: AckSender,
+    ) {
+        // socketioxide sends the connect packet before it marks the socket connected, so a
+        // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
+        let gone = !socket.connected()
+            && self
+                .io
+                .of(socket.ns())
+                .and_then(|ns| ns.get_socket(socket.id))
+                .is_none();
+        if socket.extensions.get::<CutOff>().is_some() || gone {
+            return;
+        }
+        let targets = match self.targets(&socket, &request) {
+            Ok(targets) => targets,
+            Err(declined) => return self.decline(ack, declined),
+        };
+        let replay = self.replay_for(&request, &targets);
+        let mut collections = Map::new();
+        let mut routed = Vec::new();
+        for target in &targets {
+            let mut entry = match &replay {
+                Some(events) => json!({
+                    "mode": "replay",
+                    "events": events.iter().filter(|e| target.matches(e)).count(),
+                }),
+                None => self.snapshot(target),
+            };
+            match &target.room {
+                None => {
+                    collections.insert(target.collection.clone(), entry);
+                }
+                Some(room) => {
+                    entry["collection"] = json!(target.collection);
+                    entry["where"] = room.filter.clone();
+                    routed.push(entry);
+                }
+            }
+        }
+        let outcome = if replay.is_some() {
+            "replay"
+        } else {
+            "snapshot"
+        };
+        self.metrics
+            .subscribes
+            .get_or_create(&metrics::reason_labels(outcome))
+            .inc();
+
+        // The first subscribe replaces what the kiosk received by default; later ones add.
+        if socket.extensions.get::<Subscribed>().is_none() {
+            socket.leave_all();
+            socket.extensions.insert(Subscribed);
+        }
+        socket.join(targets.iter().map(Target::room_name).collect::<Vec<_>>());
+        self.metrics.note_room_change();
+        let mut ack_body = json!({
+            "ok": true,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "collections": collections,
+        });
+        if !routed.is_empty() {
+            ack_body["rooms"] = Value::Array(routed);
+        }
+        if let Err(e) = ack.send(&ack_body) {
+            return self.send_failed(&socket, e);
+        }
+        for event in replay.into_iter().flatten() {
+            self.send(&socket, &event);
+        }
+        debug!(sid = %socket.id, outcome, "kiosk subscribed");
+    }
+
+    /// What a subscribe asks for, checked against the relayed collections, their routed
+    /// rooms and the kiosk's token.
+    fn targets(
+        &self,
+        socket: &SocketRef,
+        request: &SubscribeRequest,
+    ) -> Result<Vec<Target>, Declined> {
+        if request.collections.is_empty() {
+            return Err(Declined::new(
+                "invalid",
+                "subscribe needs \"collections\": a list of collection names".into(),
+            ));
+        }
+        let access = socket.extensions.get::<Access>();
+        let mut targets: Vec<Target> = Vec::new();
+        for wanted in &request.collections {
+            let (name, filter) = match wanted {
+                Wanted::Collection(name) => (name, None),
+                Wanted::Filtered(f) => (&f.collection, f.filter.as_ref()),
+            };
+            let Some(settings) = self.config.collection(name) else {
+                let known: Vec<&str> = self
+                    .config
+                    .collections
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                return Err(Declined::new(
+                    "unknown-collection",
+                    format!(
+                        "collection {name:?} is not relayed; relayed collections: {}",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let namespace = &*self.shapes.get(name).namespace;
+            if namespace != socket.ns() {
+                return Err(Declined::new(
+                    "wrong-namespace",
+                    format!(
+                        "collection {name:?} is served on the namespace {namespace:?}: connect to it there (io(\"http://<relay>{}\"))",
+                        if namespace == "/" { "" } else { namespace }
+                    ),
+                ));
+            }
+            if !access.as_ref().is_some_and(|a| a.may_read(name)) {
+                let token = access.as_ref().map_or("none", |a| &*a.name);
+                return Err(Declined::new(
+                    "forbidden",
+                    format!("this kiosk's token ({token}) may not read {name:?}"),
+                ));
+            }
+            let room = match filter.filter(|f| !f.is_empty()) {
+                None => None,
+                Some(filter) => Some(routed_room(&settings, filter)?),
+            };
+            let target = Target {
+                collection: name.clone(),
+                room,
+            };
+            if !targets.iter().any(|t| t.room_name() == target.room_name()) {
+                targets.push(target);
+            }
+        }
+        Ok(targets)
+    }
+
+    /// The current items of a target as kiosks receive them (projected, or just their keys
+    /// when compact), or why there are none.
+    pub(super) fn snapshot(&self, target: &Target) -> Value {
+        let collection = target.collection.as_str();
+        let shape = self.shapes.get(collection);
+        match self.mirror.snapshot(collection) {
+            Some(mut items) => {
+                if let Some(room) = &target.room {
+                    items.retain(|(_, record)| {
+                        rooms::values(record, &room.field).contains(&room.value)
+                    });
+                }
+                if shape.compact {
+                    let keys: Vec<&str> = items.iter().map(|(key, _)| key.as_str()).collect();
+                    return json!({ "mode": "snapshot", "keys": keys });
+                }
+                let items: Vec<Cow<Value>> = items
+                    .into_iter()
+                    .map(|(_, record)| shape.project(record))
+                    .collect();
+                json!({ "mode": "snapshot", "items": items })
+            }
+            None => json!({
+                "mode": "none",
+                "reason": self.mirror.overflow(collection).map(|o| o.describe()),
+            }),
+        }
+    }
+
+    fn decline(&self, ack: AckSender, declined: Declined) {
+        self.metrics
+            .subscribes
+            .get_or_create(&metrics::reason_labels(declined.reason))
+            .inc();
+        // The kiosk may have asked without an ack; nothing more to tell it then.
+        ack.send(&json!({ "ok": false, "error": declined.message }))
+            .ok();
+    }
+
+    /// The events a resuming kiosk missed in what it wants, or `None` when it must take a
+    /// snapshot: no `since`, another epoch, events already dropped from the ring, or more
+    /// events than fit in its queue.
+    pub(super) fn replay_for(
+        &self,
+        request: &SubscribeRequest,
+        targets: &[Target],
+    ) -> Option<Vec<Arc<Event>>> {
+        let since = request.since.as_ref()?;
+        if since.epoch != self.epoch {
+            return None;
+        }
+        let events: Vec<Arc<Event>> = self
+            .ring
+            .since(since.seq)?
+            .filter(|e| targets.iter().any(|t| t.matches(e)))
+            .cloned()
+            .collect();
+        (events.len() <= self.config.limits.max_replay_per_subscribe()).then_some(events)
+    }
+}
+
+/// The routed room a subscribe's `where: {field: value}` names.
+fn routed_room(settings: &CollectionConfig, filter: &Map<String, Value>) -> Result<Room, Declined> {
+    let collection = &settings.name;
+    let invalid = |message: String| Err(Declined::new("invalid", message));
+    if filter.len() > 1 {
+        return invalid(format!(
+            "\"where\" names one field; to follow several values, subscribe to {collection:?} once per value"
+        ));
+    }
+    let Some((field, value)) = filter.iter().next() else {
+        return invalid("\"where\" is empty".into());
+    };
+    if !settings.rooms_by.contains(field) {
+        let fields = if settings.rooms_by.is_empty() {
+            "none".to_owned()
+        } else {
+            settings.rooms_by.join(", ")
+        };
+        return invalid(format!(
+            "{collection:?} has no rooms by {field:?}; its routed fields (rooms_by): {fields}"
+        ));
+    }
+    let Some(value) = rooms::scalar(value) else {
+        return invalid(format!(
+            "\"where\": {{{field:?}: …}} must be a string, number or boolean"
+        ));
+    };
+    Ok(Room {
+        name: rooms::room_name(collection, field, &value),
+        filter: json!({ field.as_str(): value }),
+        field: field.clone(),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::Hub;
+    use super::super::event::{Action, Event};
+    use super::super::testing::{change, hub, request};
+    use super::Target;
+
+    #[test]
+    fn replay_is_chosen_only_when_it_is_complete_and_fits() {
+        let mut hub = hub("[limits]\nreplay_events = 4\nkiosk_queue = 16");
+        for key in 1..=6 {
+            let collection = if key % 2 == 0 { "screens" } else { "channels" };
+            hub.apply(change(
+                collection,
+                Action::Create,
+                &[json!(key)],
+                Some(json!({})),
+            ));
+        }
+        let epoch = hub.epoch.clone();
+        let screens = [Target {
+            collection: "screens".into(),
+            room: None,
+        }];
+        let seqs =
+            |r: Option<Vec<Arc<Event>>>| r.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>());
+        let replay = |since| seqs(hub.replay_for(&request(&["screens"], since), &screens));
+        assert_eq!(replay(Some((epoch.as_str(), 3))), Some(vec![4, 6]));
+        assert_eq!(
+            replay(Some((epoch.as_str(), 2))),
+            Some(vec![4, 6]),
+            "ring holds 3..=6"
+        );
+        assert_eq!(
+            replay(Some((epoch.as_str(), 1))),
+            None,
+            "event 2 was dropped"
+        );
+        assert_eq!(replay(Some((epoch.as_str(), 6))), Some(vec![]));
+        assert_eq!(replay(Some(("other", 3))), None);
+        assert_eq!(replay(None), None);
+
+        // More missed events than half the kiosk queue: a snapshot.
+        let mut hub = hub_with_many_events();
+        let epoch = hub.epoch.clone();
+        let all = hub.replay_for(&request(&["screens"], Some((&epoch, 0))), &screens);
+        assert!(all.is_none(), "20 missed events do not fit a queue of 16");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!("x")],
+            Some(json!({})),
+        ));
+        let recent = hub.replay_for(&request(&["screens"], Some((&epoch, 20))), &screens);
+        assert_eq!(recent.map(|v| v.len()), Some(1));
+    }
+
+    fn hub_with_many_events() -> Hub {
+        let mut hub = hub("[limits]\nkiosk_queue = 16");
+        for key in 1..=20 {
+            hub.apply(change(
+                "screens",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({})),
+            ));
+        }
+        hub
+    }
+}

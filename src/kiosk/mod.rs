@@ -1,0 +1,6 @@
+//! Kiosks: which token may read what ([`access`]), and the Socket.IO server that admits them
+//! and hands their subscribes to the hub ([`server`]). Delivery and the subscribe protocol
+//! itself belong to the hub, which owns the rooms' contents and the order of events.
+
+pub mod access;
+pub mod server;
