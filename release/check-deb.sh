@@ -21,8 +21,8 @@ fi
 [ ${#debs[@]} -gt 0 ] || { echo "no .deb files: run release/build.sh first" >&2; exit 1; }
 
 command -v readelf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null; }
-default_config=$(sed -n 's/^pub const DEFAULT_CONFIG_PATH: &str = "\(.*\)";$/\1/p' src/config.rs)
-[ -n "$default_config" ] || { echo "DEFAULT_CONFIG_PATH not found in src/config.rs" >&2; exit 1; }
+default_config=$(sed -n 's/^pub const DEFAULT_CONFIG_PATH: &str = "\(.*\)";$/\1/p' src/config/load.rs)
+[ -n "$default_config" ] || { echo "DEFAULT_CONFIG_PATH not found in src/config/load.rs" >&2; exit 1; }
 
 failures=0
 for deb in "${debs[@]}"; do

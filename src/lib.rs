@@ -3,15 +3,34 @@
 //!
 //! # Layout
 //!
-//! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation.
-//! * [`upstream`]: where changes come from ([`upstream::webhook`]: Directus Flow webhooks).
-//! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring, and emits.
-//! * [`kiosk`]: Socket.IO for kiosks ([`kiosk::server`]).
-//! * [`http`]: the single HTTP port and its graceful shutdown.
+//! The data path, from Directus to a screen:
+//!
+//! ```text
+//! Flow webhook ─► upstream::webhook ─┐
+//! realtime WS  ─► upstream::websocket├─► hub::ingest ─► hub::deliver ─► Socket.IO rooms ─► kiosks
+//! activity log ─► upstream::sync ────┘   (mirror,        (serialise once,     ▲
+//!                                         seq, epoch)      replay ring)        │
+//!                           kiosk::server (admission) ─► hub::subscribe (ack: replay or snapshot)
+//! ```
+//!
+//! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation, one file
+//!   per job.
+//! * [`upstream`]: where changes come from: Flow webhooks ([`upstream::webhook`]), Directus's
+//!   realtime WebSocket ([`upstream::websocket`]) or polling, all backed by the activity cursor
+//!   ([`upstream::sync`]) over a small REST client ([`upstream::directus`]).
+//! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring; it ingests
+//!   changes ([`hub::ingest`]), delivers events to kiosks ([`hub::deliver`]), answers
+//!   `subscribe` ([`hub::subscribe`]) and saves its state ([`hub::persist`],
+//!   [`hub::state_file`]).
+//! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
+//!   read what ([`kiosk::access`]).
+//! * [`http`]: the single HTTP port, its routes and graceful shutdown.
 //! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
-//! * [`tls`]: HTTPS/WSS for kiosks, the certificate re-read on SIGHUP.
-//! * [`metrics`]: Prometheus figures.
+//! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
+//! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
+//!   gathers what the status page shows; [`metrics`]: Prometheus figures.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
+//! * [`clock`]: timestamps, in one place.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
