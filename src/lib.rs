@@ -19,8 +19,8 @@
 //!   realtime WebSocket ([`upstream::websocket`]) or polling, all backed by the activity cursor
 //!   ([`upstream::sync`]) over a small REST client ([`upstream::directus`]).
 //! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring; it ingests
-//!   changes ([`hub::ingest`]), delivers events to kiosks ([`hub::deliver`]), answers
-//!   `subscribe` ([`hub::subscribe`]) and saves its state ([`hub::persist`],
+//!   changes (`hub/ingest.rs`), delivers events to kiosks (`hub/deliver.rs`), answers
+//!   `subscribe` (`hub/subscribe.rs`) and saves its state (`hub/persist.rs`,
 //!   [`hub::state_file`]).
 //! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
 //!   read what ([`kiosk::access`]).
