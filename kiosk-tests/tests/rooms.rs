@@ -269,3 +269,44 @@ async fn an_event_past_max_event_bytes_is_sent_with_keys_only() {
     );
     relay.stop().await;
 }
+
+/// A `create` for a key the relay already holds, with another room value (Directus re-created
+/// the item, or the Flow sent a create twice), moves it: the old room is told it left, as for
+/// an update, and a fresh snapshot of the old room agrees.
+#[tokio::test]
+async fn a_create_that_moves_a_known_item_tells_the_old_room_it_left() {
+    let relay = Relay::start(&routed()).await;
+    let announce = |payload: Value| hook("announcements", "create", json!("a1"), payload);
+    relay
+        .change(&announce(json!({"id": "a1", "screen": 1})))
+        .await;
+    let mut one = Kiosk::connect(&relay).await;
+    let ack = subscribe_room(&mut one, json!({"screen": 1}), None).await;
+    assert_eq!(item_keys(&ack["rooms"][0]), ["a1"]);
+    let mut two = Kiosk::connect(&relay).await;
+    subscribe_room(&mut two, json!({"screen": 2}), None).await;
+
+    relay
+        .change(&announce(json!({"id": "a1", "screen": 2})))
+        .await;
+    let (name, left) = one.next_data().await;
+    assert_eq!(
+        (name.as_str(), keys(&left)),
+        ("data.delete", vec!["a1".to_owned()]),
+        "{left}"
+    );
+    assert_eq!(left["where"], json!({"screen": "1"}));
+    assert_eq!(left["records"][0]["screen"], 2, "{left}");
+    let (name, arrived) = two.next_data().await;
+    assert_eq!(
+        (name.as_str(), keys(&arrived)),
+        ("data.create", vec!["a1".to_owned()])
+    );
+    assert!(seq(&left) < seq(&arrived));
+
+    let mut fresh = Kiosk::connect(&relay).await;
+    let ack = subscribe_room(&mut fresh, json!({"screen": 1}), None).await;
+    assert_eq!(item_keys(&ack["rooms"][0]), Vec::<String>::new(), "{ack}");
+    one.assert_quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}

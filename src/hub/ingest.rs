@@ -200,11 +200,13 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    use super::super::UpstreamState;
     use super::super::event::Action;
+    use super::super::rooms;
+    use super::super::subscribe::Target;
     use super::super::testing::{change, events, hub};
+    use super::super::{Room, UpstreamState};
 
     #[test]
     fn assigns_consecutive_seqs_and_builds_records() {
@@ -338,6 +340,66 @@ mod tests {
             Some(json!({"n": 4})),
         ));
         assert_eq!(hub.seq, 4, "the repeat is recognised by fingerprint");
+    }
+
+    /// A create for a key the relay already holds, with another room value, moves the item:
+    /// the old room is told it left (`data.delete`, as for an update), the new one that it
+    /// arrived, and a snapshot of the old room no longer holds it.
+    #[test]
+    fn a_create_that_moves_a_known_key_tells_the_old_room_it_left() {
+        let mut hub = hub("[[collections]]\nname = \"news\"\nrooms_by = [\"screen\"]");
+        hub.apply(change(
+            "news",
+            Action::Create,
+            &[json!("a1")],
+            Some(json!({"id": "a1", "screen": 1})),
+        ));
+        let before = hub.seq;
+        hub.apply(change(
+            "news",
+            Action::Create,
+            &[json!("a1")],
+            Some(json!({"id": "a1", "screen": 2})),
+        ));
+        let told: Vec<(String, Value, Value)> = events(&hub, before)
+            .into_iter()
+            .map(|(_, name, body)| (name, body["where"].clone(), body["keys"].clone()))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("data.create".into(), Value::Null, json!(["a1"])),
+                ("data.delete".into(), json!({"screen": "1"}), json!(["a1"])),
+                ("data.create".into(), json!({"screen": "2"}), json!(["a1"])),
+            ]
+        );
+        let room = |value: &str| Target {
+            collection: "news".into(),
+            room: Some(Room {
+                name: rooms::room_name("news", "screen", value),
+                filter: json!({ "screen": value }),
+                field: "screen".into(),
+                value: value.into(),
+            }),
+        };
+        assert_eq!(
+            hub.snapshot(&room("1")),
+            json!({"mode": "snapshot", "items": []})
+        );
+        assert_eq!(
+            hub.snapshot(&room("2"))["items"],
+            json!([{"id": "a1", "screen": 2}])
+        );
+        // A create that keeps the item where it was tells no room that it left.
+        let before = hub.seq;
+        hub.apply(change(
+            "news",
+            Action::Create,
+            &[json!("a1")],
+            Some(json!({"title": "same screen"})),
+        ));
+        let names: Vec<String> = events(&hub, before).into_iter().map(|e| e.1).collect();
+        assert_eq!(names, ["data.create", "data.create"]);
     }
 
     /// Changes accepted during the shutdown grace period reach the hub after the Socket.IO

@@ -1,7 +1,8 @@
 //! Routed rooms: per collection, fields whose values name rooms (`rooms_by`), so a kiosk can
-//! follow just the items for its screen. When an update moves an item from one value to
-//! another, the old room is told it left (`data.delete`) and the new one that it arrived
-//! (`data.create`) — the case Directus's own filtered subscriptions never report.
+//! follow just the items for its screen. When an update, or a create for a key the relay
+//! already holds, moves an item from one value to another, the old room is told it left
+//! (`data.delete`) and the new one that it arrived (`data.create`) — the case Directus's own
+//! filtered subscriptions never report.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,7 +75,9 @@ pub struct RoomChange<'a> {
 }
 
 /// Splits a change into what each value's room of `field` is told. An update whose earlier
-/// record is unknown counts as staying where it is now.
+/// record is unknown counts as staying where it is now. A create of a key the relay already
+/// held (Directus re-created it, or a catch-up saw it first) is a create in every room it is
+/// in now, and, like an update, leaves the rooms of its earlier record that it is no longer in.
 pub fn plan<'a>(
     field: &str,
     created: &'a [Item],
@@ -83,9 +86,11 @@ pub fn plan<'a>(
 ) -> BTreeMap<String, RoomChange<'a>> {
     let mut rooms: BTreeMap<String, RoomChange<'a>> = BTreeMap::new();
     for item in created {
-        for value in values(&item.record, field) {
-            rooms.entry(value).or_default().arrived.push(item);
+        let now = values(&item.record, field);
+        for value in &now {
+            rooms.entry(value.clone()).or_default().arrived.push(item);
         }
+        leave(&mut rooms, field, item, &now);
     }
     for item in updated {
         let now = values(&item.record, field);
@@ -101,9 +106,7 @@ pub fn plan<'a>(
                 room.arrived.push(item);
             }
         }
-        for value in before.difference(&now) {
-            rooms.entry(value.clone()).or_default().left.push(item);
-        }
+        leave(&mut rooms, field, item, &now);
     }
     for item in deleted {
         for value in values(&item.record, field) {
@@ -111,6 +114,19 @@ pub fn plan<'a>(
         }
     }
     rooms
+}
+
+/// Tells the rooms of `item`'s earlier record that it is no longer in (`now`) that it left.
+fn leave<'a>(
+    rooms: &mut BTreeMap<String, RoomChange<'a>>,
+    field: &str,
+    item: &'a Item,
+    now: &BTreeSet<String>,
+) {
+    let Some(before) = &item.before else { return };
+    for value in values(before, field).difference(now) {
+        rooms.entry(value.clone()).or_default().left.push(item);
+    }
 }
 
 #[cfg(test)]
