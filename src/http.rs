@@ -1,5 +1,6 @@
-//! The one HTTP port: Socket.IO under `/socket.io`, the webhook, `/healthz`, `/readyz` and
-//! `/metrics`, served by hyper (over TLS with `[tls]`) with graceful shutdown.
+//! The one HTTP port: Socket.IO under `/socket.io`, the webhook, `/healthz`, `/readyz`,
+//! `/metrics` (behind the admin token with `admin.protect_metrics`), the status page and the
+//! demo kiosk (`http/demo.rs`), served by hyper (over TLS with `[tls]`) with graceful shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod demo;
+
+pub use demo::{CLIENT_MISSING, DemoClient};
+
 use crate::config::Config;
 use crate::connection;
 use crate::hub::HubHandle;
@@ -36,58 +41,43 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The status page: one file, no external resources; it polls `/status.json`.
 const STATUS_PAGE: &str = include_str!("status.html");
 
-/// The demo kiosk: the wire contract in one page, for a site's web developer to copy.
-const DEMO_PAGE: &str = include_str!("demo.html");
-
-/// The largest socket.io-client bundle served for the demo page.
-const DEMO_CLIENT_MAX_BYTES: u64 = 1 << 20;
-
 fn html(page: &'static str) -> Response<Body> {
     let response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
     let response = with_header(response, header::CONTENT_TYPE, "text/html; charset=utf-8");
     with_header(response, header::CACHE_CONTROL, "no-store")
 }
 
-/// The site's copy of socket.io-client for `/demo`, from `demo.client_file`.
-fn demo_client(config: &Config) -> Response<Body> {
-    let path = &config.demo.client_file;
-    let read = std::fs::File::open(path).and_then(|file| {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        file.take(DEMO_CLIENT_MAX_BYTES).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    });
-    match read {
-        Ok(bytes) => with_header(
-            Response::new(Full::new(Bytes::from(bytes))),
-            header::CONTENT_TYPE,
-            "text/javascript; charset=utf-8",
-        ),
-        Err(e) => text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "cannot read demo.client_file {}: {e}; copy dist/socket.io.min.js of the socket.io-client npm package there\n",
-                path.display()
-            ),
-        ),
-    }
+/// Whether `req` may see what `[admin] token` guards: there is no admin token, or the
+/// request carries it as `Authorization: Bearer <token>` (compared in constant time).
+fn admin_allowed(req: &Request<Incoming>, shared: &Shared) -> bool {
+    let Some(token) = &shared.config.admin.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token.matches(given.as_bytes())
+}
+
+/// Marks a 401 as asking for the admin token as a bearer token.
+fn unauthorized(response: Response<Body>) -> Response<Body> {
+    with_header(
+        response,
+        header::WWW_AUTHENTICATE,
+        "Bearer realm=\"directus-relay\"",
+    )
 }
 
 /// What the status page shows. With `[admin] token`, only for `Authorization: Bearer <token>`.
 fn status_json(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
-    if let Some(token) = &shared.config.admin.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token.matches(given.as_bytes()) {
-            return json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({ "error": "this relay's status needs its admin token ([admin] token)" }),
-            );
-        }
+    if !admin_allowed(req, shared) {
+        return unauthorized(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "error": "this relay's status needs its admin token ([admin] token)" }),
+        ));
     }
     let status = shared
         .metrics
@@ -110,6 +100,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     /// Where accepted webhook changes go.
     pub sink: webhook::Sink,
+    /// The demo page's socket.io client.
+    pub demo: Arc<DemoClient>,
 }
 
 type Body = Full<Bytes>;
@@ -186,6 +178,12 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             }
         }
         (&Method::GET, "/metrics") => {
+            if shared.config.admin.protect_metrics && !admin_allowed(&req, shared) {
+                return unauthorized(text(
+                    StatusCode::UNAUTHORIZED,
+                    "this relay's metrics need its admin token (admin.protect_metrics): send Authorization: Bearer <admin.token>\n",
+                ));
+            }
             shared
                 .metrics
                 .hub_queue_depth
@@ -198,8 +196,8 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         }
         (&Method::GET | &Method::HEAD, "/" | "/status") => html(STATUS_PAGE),
         (&Method::GET, "/status.json") => status_json(&req, shared),
-        (&Method::GET | &Method::HEAD, "/demo") => html(DEMO_PAGE),
-        (&Method::GET, "/demo/socket.io.min.js") => demo_client(&shared.config),
+        (&Method::GET | &Method::HEAD, "/demo") => demo::page(),
+        (&Method::GET, "/demo/socket.io.min.js") => shared.demo.serve(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -24,7 +24,8 @@
 //!   [`hub::state_file`]).
 //! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
 //!   read what ([`kiosk::access`]).
-//! * [`http`]: the single HTTP port, its routes and graceful shutdown.
+//! * [`http`]: the single HTTP port, its routes and graceful shutdown; the demo kiosk page
+//!   and its client file (`http/demo.rs`).
 //! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
 //! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
@@ -107,6 +108,7 @@ pub async fn run_with_reload(
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         sink,
+        demo: Arc::new(http::DemoClient::new(&config.demo)),
     };
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));

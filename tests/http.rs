@@ -337,7 +337,8 @@ async fn the_status_needs_the_admin_token_when_there_is_one() {
 }
 
 /// `/demo` is the demo kiosk page; without the site's copy of socket.io-client at
-/// `demo.client_file`, its script URL answers 404 saying where to put it.
+/// `demo.client_file`, its script URL answers 404 saying what the operator must install, and
+/// neither the file's path nor the operating system's error.
 #[tokio::test]
 async fn the_demo_page_and_its_client_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -349,15 +350,99 @@ async fn the_demo_page_and_its_client_file() {
     assert!(page.contains("socket.emit(\"subscribe\""), "{page}");
     let (status, body) = get(addr, "/demo/socket.io.min.js").await;
     assert_eq!(status, 404);
+    assert_eq!(body, directus_relay::http::CLIENT_MISSING);
     assert!(
         body.contains("demo.client_file") && body.contains("socket.io-client"),
         "{body}"
     );
+    let path = dir.path().display().to_string();
+    for leak in [path.as_str(), "No such file", "os error"] {
+        assert!(!body.contains(leak), "{leak:?} in {body}");
+    }
     std::fs::write(&client, "window.io = function () {};").expect("write");
     assert_eq!(
         get(addr, "/demo/socket.io.min.js").await,
         (200, "window.io = function () {};".into())
     );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+/// Nothing from a `/demo` link reaches the page: it is the same for every query string, loads
+/// its script from the relay only, and says so in its Content-Security-Policy.
+#[tokio::test]
+async fn the_demo_page_loads_no_script_a_link_names() {
+    let (addr, shutdown, task) = start().await;
+    let (status, plain) = get(addr, "/demo").await;
+    assert_eq!(status, 200);
+    let hostile = "/demo?client=https%3A%2F%2Fevil.example%2Fx.js&collection=%3C%2Fscript%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let (status, page) = get(addr, hostile).await;
+    assert_eq!(status, 200);
+    assert_eq!(page, plain, "the page does not depend on the request");
+    assert!(page.contains(r#"<script src="demo/socket.io.min.js"></script>"#));
+    for absent in [
+        "evil.example",
+        "document.write",
+        "query.get(\"client\")",
+        "innerHTML",
+    ] {
+        assert!(!page.contains(absent), "{absent:?} in the page");
+    }
+    let head = raw_full(addr, "GET /demo?client=https://evil.example/x.js HTTP/1.1").await;
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: script-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'"),
+        "{head}"
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+/// `/metrics` is open by default, as Prometheus scrapers expect; with
+/// `admin.protect_metrics`, it needs the admin token like the status data.
+#[tokio::test]
+async fn metrics_need_the_admin_token_when_protected() {
+    let token = "admin-token-0123456789";
+    let (addr, shutdown, task) = start_with(&format!("[admin]\ntoken = \"{token}\"")).await;
+    assert_eq!(get(addr, "/metrics").await.0, 200, "open unless protected");
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+
+    let (addr, shutdown, task) = start_with(&format!(
+        "[admin]\ntoken = \"{token}\"\nprotect_metrics = true"
+    ))
+    .await;
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 401);
+    assert!(
+        body.contains("metrics need its admin token (admin.protect_metrics)"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("relay_"),
+        "no figures without the token: {body}"
+    );
+    let wrong = raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer admin-token-012345678",
+        b"",
+    )
+    .await;
+    assert_eq!(wrong.0, 401);
+    let right = raw(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        b"",
+    )
+    .await;
+    assert_eq!(right.0, 200, "{}", right.1);
+    assert!(right.1.contains("relay_kiosks_connected"), "{}", right.1);
+    let head = raw_full(addr, "GET /metrics HTTP/1.1")
+        .await
+        .to_ascii_lowercase();
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    // The health checks stay open: a load balancer has no token.
+    assert_eq!(get(addr, "/healthz").await.0, 200);
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
 }

@@ -28,7 +28,7 @@ impl Default for DemoConfig {
     }
 }
 
-/// Who may read the status page's data (`/status.json`).
+/// Who may read the status page's data (`/status.json`) and, with `protect_metrics`, `/metrics`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -38,6 +38,10 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// `/metrics` needs the admin token too. Off by default, so that Prometheus scrapers set
+    /// up without one keep working; needs `token`.
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 /// How the relay writes its log (to stderr; systemd's journal takes it from there).

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use super::collection::{EVENT_ACTIONS, MAX_EVENT_NAME_LEN, RESERVED_EVENT_NAMES};
 use super::error::{ConfigError, invalid};
-use super::secret::{DIRECTUS_TOKEN_CREDENTIAL, KIOSK_TOKEN_CREDENTIAL_PREFIX, MIN_SECRET_LEN};
+use super::secret::{
+    ADMIN_TOKEN_CREDENTIAL, DIRECTUS_TOKEN_CREDENTIAL, KIOSK_TOKEN_CREDENTIAL_PREFIX,
+    MIN_SECRET_LEN,
+};
 use super::{CollectionConfig, Config, DirectusConfig, Secret, TlsConfig, expand_event_name};
 use crate::certificate;
 
@@ -42,6 +45,14 @@ impl Config {
         self.validate_clients()?;
         if let Some(token) = &self.admin.token {
             long_enough("admin.token", token)?;
+        }
+        if self.admin.protect_metrics && self.admin.token.is_none() {
+            return Err(invalid(
+                "admin.protect_metrics",
+                format!(
+                    "needs an admin token: set admin.token, admin.token_file or the systemd credential {ADMIN_TOKEN_CREDENTIAL}"
+                ),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
