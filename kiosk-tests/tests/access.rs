@@ -23,6 +23,9 @@ rooms_by = ["zone"]
 [[collections]]
 name = "announcements"
 rooms_by = ["screen"]
+[[collections]]
+name = "menu"
+namespace = "/menu"
 [clients]
 {clients}
 [[clients.tokens]]
@@ -191,5 +194,43 @@ async fn anonymous_kiosks_need_allow_anonymous_and_read_only_what_it_names() {
     // A wrong token is still refused, even though tokenless kiosks are served.
     let mut wrong = Kiosk::connect_with_auth(&relay, json!({"token": "not-a-token-at-all"})).await;
     wrong.expect(ERROR).await;
+    relay.stop().await;
+}
+
+/// A refused subscribe names only what the kiosk's token may read: the relayed collections it
+/// lists, and nothing (not even the namespace) of a collection outside the token.
+#[tokio::test]
+async fn refusals_name_only_what_the_token_may_read() {
+    let relay = Relay::start(&config("")).await;
+    let mut lobby = connect(&relay, LOBBY).await;
+    let refused = async |kiosk: &mut Kiosk, request: Value| -> String {
+        let ack = kiosk.subscribe(request.clone()).await;
+        assert_eq!(ack["ok"], false, "{request}: {ack}");
+        ack["error"].as_str().unwrap_or_default().to_owned()
+    };
+    let error = refused(&mut lobby, json!({"collections": ["payroll"]})).await;
+    assert!(
+        error.contains("\"payroll\" is not relayed; this kiosk's token (lobby) may read: screens"),
+        "{error}"
+    );
+    for other in ["announcements", "menu", "/menu"] {
+        assert!(!error.contains(other), "{other:?} in {error}");
+    }
+    let error = refused(&mut lobby, json!({"collections": ["menu"]})).await;
+    assert_eq!(error, "this kiosk's token (lobby) may not read \"menu\"");
+
+    // The office token reads everything: its list has every relayed collection, and it is
+    // told where a collection is served.
+    let mut office = connect(&relay, OFFICE).await;
+    let error = refused(&mut office, json!({"collections": ["payroll"]})).await;
+    assert!(
+        error.ends_with("(office) may read: screens, announcements, menu"),
+        "{error}"
+    );
+    let error = refused(&mut office, json!({"collections": ["menu"]})).await;
+    assert!(
+        error.contains("served on the namespace \"/menu\""),
+        "{error}"
+    );
     relay.stop().await;
 }

@@ -192,21 +192,35 @@ impl Hub {
                 Wanted::Collection(name) => (name, None),
                 Wanted::Filtered(f) => (&f.collection, f.filter.as_ref()),
             };
+            // The token is checked first, and a refusal names only what it may read: a kiosk
+            // learns nothing about collections (or their namespaces) outside its token.
+            let token = access.as_ref().map_or("none", |a| &*a.name);
             let Some(settings) = self.config.collection(name) else {
-                let known: Vec<&str> = self
+                let readable: Vec<&str> = self
                     .config
                     .collections
                     .iter()
                     .map(|c| c.name.as_str())
+                    .filter(|c| access.as_ref().is_some_and(|a| a.may_read(c)))
                     .collect();
+                let readable = if readable.is_empty() {
+                    "none".to_owned()
+                } else {
+                    readable.join(", ")
+                };
                 return Err(Declined::new(
                     "unknown-collection",
                     format!(
-                        "collection {name:?} is not relayed; relayed collections: {}",
-                        known.join(", ")
+                        "collection {name:?} is not relayed; this kiosk's token ({token}) may read: {readable}"
                     ),
                 ));
             };
+            if !access.as_ref().is_some_and(|a| a.may_read(name)) {
+                return Err(Declined::new(
+                    "forbidden",
+                    format!("this kiosk's token ({token}) may not read {name:?}"),
+                ));
+            }
             let namespace = &*self.shapes.get(name).namespace;
             if namespace != socket.ns() {
                 return Err(Declined::new(
@@ -215,13 +229,6 @@ impl Hub {
                         "collection {name:?} is served on the namespace {namespace:?}: connect to it there (io(\"http://<relay>{}\"))",
                         if namespace == "/" { "" } else { namespace }
                     ),
-                ));
-            }
-            if !access.as_ref().is_some_and(|a| a.may_read(name)) {
-                let token = access.as_ref().map_or("none", |a| &*a.name);
-                return Err(Declined::new(
-                    "forbidden",
-                    format!("this kiosk's token ({token}) may not read {name:?}"),
                 ));
             }
             let room = match filter.filter(|f| !f.is_empty()) {
