@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,8 @@ const SOCKET_IO_PATH: &str = "/socket.io";
 pub struct ConnectionHandle {
     switch: Arc<Switch>,
     upgrades: Arc<Upgrades>,
+    /// The client's address, as the accept loop saw it.
+    peer: Option<SocketAddr>,
 }
 
 /// The connection's kill switch, shared by every request it carries.
@@ -66,7 +69,21 @@ impl ConnectionHandle {
                 upgraded: Mutex::new(None),
             }),
             upgrades,
+            peer: None,
         }
+    }
+
+    /// The same handle, knowing the client's address (what kiosk admission throttles by).
+    pub fn with_peer(self, peer: SocketAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self
+        }
+    }
+
+    /// The client's address; `None` for a connection accepted outside [`crate::http::Server`].
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// Closes the connection: reads and writes fail from now on, and the socket is reset

@@ -316,7 +316,7 @@ where
             }
         };
         stream.set_nodelay(true).ok();
-        let handle = connection::ConnectionHandle::new(upgrades.clone());
+        let handle = connection::ConnectionHandle::new(upgrades.clone()).with_peer(peer);
         let svc = connection::Tagged::new(svc.clone(), handle.clone());
         let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
         let builder = builder.clone();

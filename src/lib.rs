@@ -23,7 +23,7 @@
 //!   `subscribe` (`hub/subscribe.rs`) and saves its state (`hub/persist.rs`,
 //!   [`hub::state_file`]).
 //! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
-//!   read what ([`kiosk::access`]).
+//!   read what ([`kiosk::access`]); wrong tokens per client address ([`kiosk::throttle`]).
 //! * [`http`]: the single HTTP port, its routes and graceful shutdown; the demo kiosk page
 //!   and its client file (`http/demo.rs`).
 //! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
@@ -112,7 +112,9 @@ pub async fn run_with_reload(
     };
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
-    kiosk::server::attach(&io, hub.clone(), metrics.clone(), &config);
+    let throttle = Arc::new(kiosk::throttle::Throttle::new(&config.clients));
+    kiosk::server::attach(&io, hub.clone(), metrics.clone(), throttle.clone(), &config);
+    throttle.spawn_summary(stop_tasks.clone(), &tracker);
     let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     let persistence = hub::Persistence {

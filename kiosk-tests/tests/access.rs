@@ -234,3 +234,55 @@ async fn refusals_name_only_what_the_token_may_read() {
     );
     relay.stop().await;
 }
+
+/// Past `clients.wrong_token_limit` wrong tokens from one address, its handshakes are refused
+/// for `clients.wrong_token_backoff` with a reason in words, even with the right token (which
+/// is then not looked at); afterwards the right token gets in again. The throttle's own tests
+/// (src/kiosk/throttle.rs) cover the window, the growing backoff and the bounded table.
+#[tokio::test]
+async fn an_address_sending_too_many_wrong_tokens_is_refused_for_a_while() {
+    let relay = Relay::start(&config(
+        "wrong_token_limit = 2\nwrong_token_backoff = \"1s\"",
+    ))
+    .await;
+    for _ in 0..2 {
+        let mut wrong =
+            Kiosk::connect_with_auth(&relay, json!({"token": "office-token-012345678"})).await;
+        let error = wrong.expect(ERROR).await.to_string();
+        assert!(error.contains("the kiosk token is not valid"), "{error}");
+    }
+    let mut refused = Kiosk::connect_with_auth(&relay, json!({"token": OFFICE})).await;
+    let error = refused.expect(ERROR).await.to_string();
+    assert!(
+        error.contains("too many wrong kiosk tokens from this address; try again in 1 s"),
+        "{error}"
+    );
+    assert!(!error.contains(OFFICE), "{error}");
+
+    // The refusal ends by itself: retry until the right token is admitted.
+    let deadline = tokio::time::Instant::now() + kiosk_tests::PATIENCE;
+    loop {
+        let mut kiosk = Kiosk::connect_with_auth(&relay, json!({"token": OFFICE})).await;
+        let (name, body) = kiosk.next().await;
+        if name == "relay.status" {
+            break;
+        }
+        assert_eq!(name, ERROR);
+        assert!(body.to_string().contains("try again in"), "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused after {:?}",
+            kiosk_tests::PATIENCE
+        );
+        // Between attempts, as socket.io-client's reconnection delay would.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = relay.get("/metrics").await;
+    for expected in [
+        "relay_kiosks_refused_total{reason=\"bad-token\"} 2",
+        "relay_kiosks_refused_total{reason=\"throttled\"}",
+    ] {
+        assert!(metrics.contains(expected), "{expected}: {metrics}");
+    }
+    relay.stop().await;
+}

@@ -93,3 +93,12 @@ pub fn log_level() -> String {
 pub fn all_collections() -> Vec<String> {
     vec!["*".into()]
 }
+pub fn wrong_token_limit() -> u32 {
+    10
+}
+pub fn wrong_token_window() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn wrong_token_backoff() -> Duration {
+    Duration::from_secs(10)
+}

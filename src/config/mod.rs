@@ -32,8 +32,8 @@ pub use secret::{
     KIOSK_TOKEN_CREDENTIAL_PREFIX, MIN_SECRET_LEN, Secret, WEBHOOK_SECRET_CREDENTIAL,
 };
 pub use sections::{
-    AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat, Mode, TlsConfig,
-    TokenConfig, WebhookConfig,
+    AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat,
+    MAX_WRONG_TOKEN_BACKOFF, Mode, TlsConfig, TokenConfig, WebhookConfig,
 };
 pub use units::{byte_size, duration};
 

@@ -92,7 +92,20 @@ pub struct ClientsConfig {
     /// Kiosk access tokens, each with the collections it may read.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Wrong kiosk tokens one client address may send within `wrong_token_window`; the next
+    /// handshakes from it are refused for `wrong_token_backoff`, doubled each time again.
+    #[serde(default = "defaults::wrong_token_limit")]
+    pub wrong_token_limit: u32,
+    #[serde(default = "defaults::wrong_token_window", with = "duration")]
+    pub wrong_token_window: Duration,
+    /// How long the first refusal lasts; each further one lasts twice the last, up to
+    /// [`MAX_WRONG_TOKEN_BACKOFF`].
+    #[serde(default = "defaults::wrong_token_backoff", with = "duration")]
+    pub wrong_token_backoff: Duration,
 }
+
+/// The longest an address is refused for wrong kiosk tokens, however often it comes back.
+pub const MAX_WRONG_TOKEN_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 impl Default for ClientsConfig {
     fn default() -> Self {
@@ -101,6 +114,9 @@ impl Default for ClientsConfig {
             allow_anonymous: false,
             anonymous_collections: defaults::all_collections(),
             tokens: Vec::new(),
+            wrong_token_limit: defaults::wrong_token_limit(),
+            wrong_token_window: defaults::wrong_token_window(),
+            wrong_token_backoff: defaults::wrong_token_backoff(),
         }
     }
 }

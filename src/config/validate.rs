@@ -10,7 +10,10 @@ use super::secret::{
     ADMIN_TOKEN_CREDENTIAL, DIRECTUS_TOKEN_CREDENTIAL, KIOSK_TOKEN_CREDENTIAL_PREFIX,
     MIN_SECRET_LEN,
 };
-use super::{CollectionConfig, Config, DirectusConfig, Secret, TlsConfig, expand_event_name};
+use super::{
+    CollectionConfig, Config, DirectusConfig, MAX_WRONG_TOKEN_BACKOFF, Secret, TlsConfig,
+    expand_event_name,
+};
 use crate::certificate;
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
@@ -196,6 +199,25 @@ impl Config {
             "clients.anonymous_collections",
             &clients.anonymous_collections,
         )?;
+        if clients.wrong_token_limit < 1 {
+            return Err(invalid(
+                "clients.wrong_token_limit",
+                "is 0; it must be at least 1 (wrong kiosk tokens an address may send within clients.wrong_token_window)",
+            ));
+        }
+        if clients.wrong_token_window < Duration::from_secs(1) {
+            return Err(invalid("clients.wrong_token_window", "must be at least 1s"));
+        }
+        let backoff = clients.wrong_token_backoff;
+        if backoff < Duration::from_secs(1) || backoff > MAX_WRONG_TOKEN_BACKOFF {
+            return Err(invalid(
+                "clients.wrong_token_backoff",
+                format!(
+                    "must be between 1s and {}m",
+                    MAX_WRONG_TOKEN_BACKOFF.as_secs() / 60
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         for (i, t) in clients.tokens.iter().enumerate() {
             let key = format!("clients.tokens[{i}]");

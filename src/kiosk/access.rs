@@ -50,6 +50,9 @@ pub enum Refused {
     NoToken,
     /// The token matches none configured.
     BadToken,
+    /// Too many wrong tokens came from the kiosk's address: refused for this many more
+    /// seconds without looking at the token.
+    Throttled(u64),
 }
 
 impl Refused {
@@ -59,6 +62,7 @@ impl Refused {
             Refused::Full(_) => "full",
             Refused::NoToken => "no-token",
             Refused::BadToken => "bad-token",
+            Refused::Throttled(_) => "throttled",
         }
     }
 }
@@ -74,6 +78,10 @@ impl fmt::Display for Refused {
                 "this relay needs a kiosk token: connect with auth: {token: \"…\"} (clients.tokens)",
             ),
             Refused::BadToken => f.write_str("the kiosk token is not valid (clients.tokens)"),
+            Refused::Throttled(secs) => write!(
+                f,
+                "too many wrong kiosk tokens from this address; try again in {secs} s (clients.wrong_token_limit)"
+            ),
         }
     }
 }

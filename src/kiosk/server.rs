@@ -1,6 +1,6 @@
 //! The Socket.IO server for kiosks: its bounds, a namespace for `/` and each one the
-//! collections name, and admission at connect time (the token, the kiosk limit, the first
-//! rooms).
+//! collections name, and admission at connect time (the address's wrong tokens, the token,
+//! the kiosk limit, the first rooms).
 //!
 //! Past admission the handlers only translate: a kiosk's `subscribe` is handed to the hub, which
 //! answers it, makes every later room change (subscribe, cut-off) and sends every event, so
@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
@@ -19,7 +20,9 @@ use socketioxide::{SocketIo, SocketIoBuilder};
 use tracing::{debug, info, warn};
 
 use super::access::{Access, Gate, Refused};
+use super::throttle::Throttle;
 use crate::config::{Config, Limits};
+use crate::connection::ConnectionHandle;
 use crate::hub::shape::Shapes;
 use crate::hub::{self, Command, HubHandle, SubscribeRequest};
 use crate::metrics::{self, Metrics};
@@ -46,7 +49,13 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
 /// its handlers are set up, and it joins the rooms of what it may read, in the connect
 /// middleware: socketioxide awaits the middleware before it confirms the connection, so even a
 /// kiosk that subscribes at once is heard. The hub then tells it the relay's status.
-pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, config: &Config) {
+pub fn attach(
+    io: &SocketIo,
+    hub: HubHandle,
+    metrics: Arc<Metrics>,
+    throttle: Arc<Throttle>,
+    config: &Config,
+) {
     let connected = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Gate::new(&config.clients));
     for namespace in Shapes::namespaces(config) {
@@ -56,6 +65,7 @@ pub fn attach(io: &SocketIo, hub: HubHandle, metrics: Arc<Metrics>, config: &Con
             connected: connected.clone(),
             max_clients: config.limits.max_clients,
             gate: gate.clone(),
+            throttle: throttle.clone(),
         };
         let hub = hub.clone();
         let announce = async move |socket: SocketRef| {
@@ -77,20 +87,45 @@ struct Kiosks {
     connected: Arc<AtomicUsize>,
     max_clients: usize,
     gate: Arc<Gate>,
+    throttle: Arc<Throttle>,
 }
 
 impl Kiosks {
-    /// Checks the kiosk's token (from the handshake's `auth`, or the `token` query parameter
-    /// that socket.io-client 2.x, which has no `auth`, sends) and the kiosk limit.
+    /// Checks the kiosk's address (not refused for wrong tokens), its token (from the
+    /// handshake's `auth`, or the `token` query parameter that socket.io-client 2.x, which has
+    /// no `auth`, sends) and the kiosk limit.
     fn admit(&self, socket: SocketRef, auth: Value) -> Result<(), Refused> {
+        let peer = socket
+            .req_parts()
+            .extensions
+            .get::<ConnectionHandle>()
+            .and_then(ConnectionHandle::peer)
+            .map(|addr| addr.ip());
         let refuse = |refused: Refused| {
             self.metrics
                 .kiosks_refused
                 .get_or_create(&metrics::reason_labels(refused.label()))
                 .inc();
-            warn!(sid = %socket.id, reason = %refused, "kiosk refused");
+            let sid = socket.id.to_string();
+            match (&refused, peer) {
+                // Counted, and logged at a bounded rate, by the throttle.
+                (Refused::BadToken, Some(peer)) => self.throttle.note_wrong_token(peer, &sid),
+                (Refused::Throttled(_), _) => {
+                    debug!(sid, ?peer, reason = %refused, "kiosk refused")
+                }
+                (Refused::NoToken, Some(peer)) => {
+                    if self.throttle.worth_a_warning(peer, Instant::now()) {
+                        warn!(sid, %peer, reason = %refused, "kiosk refused (once per address per clients.wrong_token_window)");
+                    }
+                }
+                _ => warn!(sid, ?peer, reason = %refused, "kiosk refused"),
+            }
             refused
         };
+        if let Some(left) = peer.and_then(|peer| self.throttle.refused(peer, Instant::now())) {
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(refuse(Refused::Throttled(secs)));
+        }
         let query_token = query_token(&socket);
         let token = match auth.get("token") {
             None | Some(Value::Null) => query_token.as_deref(),
