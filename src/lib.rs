@@ -25,7 +25,10 @@
 //! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
 //!   read what ([`kiosk::access`]).
 //! * [`http`]: the single HTTP port, its routes and graceful shutdown.
-//! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
+//! * [`connection`]: one accepted connection, its kill switch (a slow kiosk's is closed) and
+//!   its header and idle timeouts.
+//! * [`connections`]: every open connection: the cap below the descriptor limit, and which one
+//!   gives way when it is full.
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
 //! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
@@ -39,6 +42,7 @@ pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod connections;
 pub mod http;
 pub mod hub;
 pub mod kiosk;
@@ -108,8 +112,14 @@ pub async fn run_with_reload(
         ready: Arc::new(AtomicBool::new(false)),
         sink,
     };
+    connections::check_descriptor_limit(&config.limits);
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
+    let pending = kiosk::pending::PendingSessions::new(
+        config.limits.max_pending_sessions(),
+        config.limits.join_timeout,
+    );
+    let svc = kiosk::pending::Gate::new(svc, pending);
     kiosk::server::attach(&io, hub.clone(), metrics.clone(), &config);
     let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
@@ -146,7 +156,12 @@ pub async fn run_with_reload(
 
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = http::Server::start(listener, tls, http::Cors::new(svc, config.clients.clone()));
+    let server = http::Server::start(
+        listener,
+        tls,
+        http::Cors::new(svc, config.clients.clone()),
+        &config.limits,
+    );
     shared.ready.store(true, Ordering::Relaxed);
     info!(%addr, scheme, webhook = %config.webhook.path, "relay listening");
     systemd::ready(&systemd::status_line(&hub, &metrics));
