@@ -16,6 +16,12 @@
 //!   [`Upgrades`], where [`close_transport`] finds it;
 //! * a kiosk still on long-polling has no connection of its own to close: `close_transport`
 //!   returns `false` and the caller falls back to a Socket.IO disconnect.
+//!
+//! The handle also knows whether its connection is busy (a request in flight, a long-poll
+//! included), idle since when, and whether it became a WebSocket: [`ConnectionHandle::idle_out`]
+//! closes a connection that sent no request head within `limits.header_timeout`, or carried no
+//! request for `limits.idle_timeout`, and [`crate::connections`] picks the one idle the longest
+//! when the connections are at their cap.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,6 +30,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Request;
 use socketioxide::TransportType;
@@ -58,6 +65,21 @@ struct Switch {
     closed: AtomicBool,
     /// The session id this connection registered under in [`Upgrades`].
     upgraded: Mutex<Option<String>>,
+    activity: Mutex<Activity>,
+}
+
+/// What a connection is doing, for its timeouts and for the cap on connections.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    /// Requests being answered (several with HTTP/2); a long-poll counts until answered.
+    in_flight: usize,
+    /// When the connection was accepted, or its last request was answered.
+    since: Instant,
+    /// Whether any request was read: before the first, `header_timeout` applies.
+    served: bool,
+    /// Answered `101 Switching Protocols`: a kiosk's WebSocket, which lives by Engine.IO's
+    /// heartbeat.
+    websocket: bool,
 }
 
 impl ConnectionHandle {
@@ -67,6 +89,12 @@ impl ConnectionHandle {
                 kill: CancellationToken::new(),
                 closed: AtomicBool::new(false),
                 upgraded: Mutex::new(None),
+                activity: Mutex::new(Activity {
+                    in_flight: 0,
+                    since: Instant::now(),
+                    served: false,
+                    websocket: false,
+                }),
             }),
             upgrades,
             peer: None,
@@ -84,6 +112,56 @@ impl ConnectionHandle {
     /// The client's address; `None` for a connection accepted outside [`crate::http::Server`].
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.switch
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the header timeout from now (after a TLS handshake, which has its own).
+    pub fn start_clock(&self) {
+        self.activity().since = Instant::now();
+    }
+
+    /// Since when the connection has been idle: `None` while a request is in flight or once
+    /// it carries a WebSocket.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let activity = self.activity();
+        (activity.in_flight == 0 && !activity.websocket).then_some(activity.since)
+    }
+
+    /// Returns once the connection has sent no request head within `header` of being
+    /// accepted, or has carried no request for `idle` since its last answer; never while a
+    /// request is in flight or once it carries a WebSocket. The caller closes it.
+    pub async fn idle_out(&self, header: Duration, idle: Duration) {
+        loop {
+            let next = {
+                let activity = self.activity();
+                let limit = if activity.served { idle } else { header };
+                if activity.in_flight > 0 || activity.websocket {
+                    // Checked again when it may have ended; answering resets `since`.
+                    Instant::now() + idle.min(header)
+                } else if activity.since.elapsed() >= limit {
+                    return;
+                } else {
+                    activity.since + limit
+                }
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+
+    fn request_started(&self) -> InFlight {
+        let mut activity = self.activity();
+        activity.in_flight += 1;
+        activity.served = true;
+        InFlight {
+            connection: self.clone(),
+            websocket: false,
+        }
     }
 
     /// Closes the connection: reads and writes fail from now on, and the socket is reset
@@ -196,7 +274,31 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .find_map(|(key, value)| (key == name).then_some(value))
 }
 
-/// A service that tags each request with its connection's [`ConnectionHandle`].
+/// A request being answered: the connection is not idle until it is dropped.
+#[derive(Debug)]
+struct InFlight {
+    connection: ConnectionHandle,
+    websocket: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut activity = self.connection.activity();
+        activity.in_flight -= 1;
+        activity.since = Instant::now();
+        activity.websocket |= self.websocket;
+    }
+}
+
+/// Whether `uri` is a Socket.IO request that opens a new Engine.IO session (no `sid`).
+pub fn opens_session(uri: &http::Uri) -> bool {
+    let path = uri.path();
+    (path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")))
+        && query_param(uri.query(), "sid").is_none()
+}
+
+/// A service that tags each request with its connection's [`ConnectionHandle`], and keeps
+/// the handle's account of requests in flight.
 #[derive(Debug, Clone)]
 pub struct Tagged<S> {
     inner: S,
@@ -209,13 +311,14 @@ impl<S> Tagged<S> {
     }
 }
 
-impl<S, B> hyper::service::Service<Request<B>> for Tagged<S>
+impl<S, B, RB> hyper::service::Service<Request<B>> for Tagged<S>
 where
-    S: hyper::service::Service<Request<B>>,
+    S: hyper::service::Service<Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
@@ -231,7 +334,15 @@ where
             }
         }
         req.extensions_mut().insert(self.connection.clone());
-        self.inner.call(req)
+        let in_flight = self.connection.request_started();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            // Held until answered (or dropped with the connection).
+            let mut in_flight = in_flight;
+            let response = answer.await?;
+            in_flight.websocket = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            Ok(response)
+        })
     }
 }
 
@@ -351,12 +462,15 @@ pub struct Killable {
     read_killed: Pin<Box<WaitForCancellationFutureOwned>>,
     write_killed: Pin<Box<WaitForCancellationFutureOwned>>,
     reset: bool,
+    /// Its place among the open connections, given up with the IO.
+    _place: crate::connections::Place,
 }
 
 impl Killable {
-    pub fn new(io: Stream, connection: ConnectionHandle) -> Self {
+    pub fn new(io: Stream, connection: ConnectionHandle, place: crate::connections::Place) -> Self {
         let token = connection.switch.kill.clone();
         Self {
+            _place: place,
             io,
             read_killed: Box::pin(token.clone().cancelled_owned()),
             write_killed: Box::pin(token.cancelled_owned()),
@@ -488,7 +602,10 @@ mod tests {
         let (mut peer, server) = pair().await;
         let upgrades = Arc::new(Upgrades::default());
         let handle = ConnectionHandle::new(upgrades);
-        let mut killable = Killable::new(Stream::Plain(server), handle.clone());
+        let place = crate::connections::OpenConnections::new(1)
+            .admit(&handle)
+            .expect("room");
+        let mut killable = Killable::new(Stream::Plain(server), handle.clone(), place);
         let writer = tokio::spawn(async move {
             let chunk = vec![0u8; 64 << 10];
             loop {

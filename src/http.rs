@@ -25,8 +25,9 @@ mod demo;
 
 pub use demo::{CLIENT_MISSING, DemoClient};
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::connection;
+use crate::connections::{self, OpenConnections};
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
 use crate::tls::KioskTls;
@@ -238,8 +239,16 @@ pub struct Server {
 impl Server {
     /// Accepts connections on `listener` and serves each with `svc` (HTTP/1 with upgrades for
     /// WebSocket, and HTTP/2 without TLS), over TLS when `tls` is given. Every connection can be
-    /// closed through the [`connection::ConnectionHandle`] its requests carry.
-    pub fn start<S, B>(listener: TcpListener, tls: Option<KioskTls>, svc: S) -> Server
+    /// closed through the [`connection::ConnectionHandle`] its requests carry. At most
+    /// `limits.max_connections` are open (see [`connections`]); one that sends no request head
+    /// within `limits.header_timeout`, or carries no request for `limits.idle_timeout`, is
+    /// closed, unless it is a kiosk's WebSocket.
+    pub fn start<S, B>(
+        listener: TcpListener,
+        tls: Option<KioskTls>,
+        svc: S,
+        limits: &Limits,
+    ) -> Server
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
@@ -252,7 +261,19 @@ impl Server {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stop = CancellationToken::new();
-        let accept_loop = tokio::spawn(accept_loop(listener, tls, svc, stop.clone()));
+        let timeouts = Timeouts {
+            header: limits.header_timeout,
+            idle: limits.idle_timeout,
+        };
+        let open = OpenConnections::new(limits.max_connections());
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            svc,
+            open,
+            timeouts,
+            stop.clone(),
+        ));
         Server { stop, accept_loop }
     }
 
@@ -285,10 +306,19 @@ impl Server {
     }
 }
 
+/// How long a connection may wait before its first request head, and between requests.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
+}
+
 async fn accept_loop<S, B>(
     listener: TcpListener,
     tls: Option<KioskTls>,
     svc: S,
+    open: Arc<OpenConnections>,
+    timeouts: Timeouts,
     stop: CancellationToken,
 ) -> GracefulShutdown
 where
@@ -317,6 +347,11 @@ where
         };
         stream.set_nodelay(true).ok();
         let handle = connection::ConnectionHandle::new(upgrades.clone()).with_peer(peer);
+        let Some(place) = open.admit(&handle) else {
+            debug!(%peer, "turned a connection away: every open one is busy (limits.max_connections)");
+            connections::turn_away(stream, tls.is_none());
+            continue;
+        };
         let svc = connection::Tagged::new(svc.clone(), handle.clone());
         let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
         let builder = builder.clone();
@@ -337,11 +372,24 @@ where
                     }
                 }
             };
-            let io = connection::Killable::new(io, handle);
+            handle.start_clock();
+            let io = connection::Killable::new(io, handle.clone(), place);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            let served = watcher.watch(connection);
+            tokio::pin!(served);
+            // A connection that became a WebSocket is handed to socketioxide and `served`
+            // ends: the timeouts stop with it.
+            let ended = tokio::select! {
+                ended = &mut served => ended,
+                () = handle.idle_out(timeouts.header, timeouts.idle) => {
+                    debug!(%peer, "closed an idle connection (limits.header_timeout or limits.idle_timeout)");
+                    handle.close();
+                    served.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, %e, "connection ended with an error");
             }
         });

@@ -23,10 +23,14 @@
 //!   `subscribe` (`hub/subscribe.rs`) and saves its state (`hub/persist.rs`,
 //!   [`hub::state_file`]).
 //! * [`kiosk`]: the Socket.IO server and who may connect ([`kiosk::server`]); which token may
-//!   read what ([`kiosk::access`]); wrong tokens per client address ([`kiosk::throttle`]).
+//!   read what ([`kiosk::access`]); wrong tokens per client address ([`kiosk::throttle`]);
+//!   sessions that have not joined yet ([`kiosk::pending`]).
 //! * [`http`]: the single HTTP port, its routes and graceful shutdown; the demo kiosk page
 //!   and its client file (`http/demo.rs`).
-//! * [`connection`]: one accepted connection and its kill switch (a slow kiosk's is closed).
+//! * [`connection`]: one accepted connection, its kill switch (a slow kiosk's is closed) and
+//!   its header and idle timeouts.
+//! * [`connections`]: every open connection: the cap below the descriptor limit, and which one
+//!   gives way when it is full.
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
 //! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
@@ -40,6 +44,7 @@ pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod connections;
 pub mod http;
 pub mod hub;
 pub mod kiosk;
@@ -110,9 +115,15 @@ pub async fn run_with_reload(
         sink,
         demo: Arc::new(http::DemoClient::new(&config.demo)),
     };
+    connections::check_descriptor_limit(&config.limits);
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
     let throttle = Arc::new(kiosk::throttle::Throttle::new(&config.clients));
+    let pending = kiosk::pending::PendingSessions::new(
+        config.limits.max_pending_sessions(),
+        config.limits.join_timeout,
+    );
+    let svc = kiosk::pending::Gate::new(svc, pending);
     kiosk::server::attach(&io, hub.clone(), metrics.clone(), throttle.clone(), &config);
     throttle.spawn_summary(stop_tasks.clone(), &tracker);
     let saved = hub::state_file::load(&config.state_dir);
@@ -150,7 +161,12 @@ pub async fn run_with_reload(
 
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = http::Server::start(listener, tls, http::Cors::new(svc, config.clients.clone()));
+    let server = http::Server::start(
+        listener,
+        tls,
+        http::Cors::new(svc, config.clients.clone()),
+        &config.limits,
+    );
     shared.ready.store(true, Ordering::Relaxed);
     info!(%addr, scheme, webhook = %config.webhook.path, "relay listening");
     systemd::ready(&systemd::status_line(&hub, &metrics));

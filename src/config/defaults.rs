@@ -84,6 +84,15 @@ pub fn max_message_bytes() -> usize {
 pub fn max_event_bytes() -> usize {
     256 << 10
 }
+pub fn join_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub fn idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 pub fn demo_client_file() -> PathBuf {
     "/usr/share/directus-relay/socket.io.min.js".into()
 }

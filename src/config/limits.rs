@@ -1,15 +1,25 @@
 //! `[limits]`: the named bound on every queue, buffer and input, and the memory budget they add
 //! up to.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::defaults;
-use super::units::byte_size;
+use super::units::{byte_size, duration};
 
 /// Largest REST response the relay reads from Directus. A page of items or activity larger
 /// than this is refused with an error (lower the page size or the fields read). Fixed, not a
 /// key; counted in [`Limits::memory_budget_bytes`].
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// Connections kept free above [`Limits::max_connections`]'s default for requests that are
+/// not kiosks (the webhook, `/healthz`, `/metrics`, a polling kiosk's second connection).
+pub const CONNECTION_HEADROOM: usize = 64;
+
+/// Descriptors the relay needs besides its connections: the listener, the state file and its
+/// temporary copy, connections to Directus, the runtime's own (epoll, eventfd), stdio.
+pub const OTHER_DESCRIPTORS: u64 = 64;
 
 /// Named bounds on every queue, buffer and input. See the README for the policy when full.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +57,26 @@ pub struct Limits {
     /// Largest event sent to kiosks. Larger: sent with keys only and `truncated: true`.
     #[serde(default = "defaults::max_event_bytes", with = "byte_size")]
     pub max_event_bytes: usize,
+    /// How long an Engine.IO session may take to join a namespace (socketioxide's connect
+    /// timeout). Longer: the session is closed.
+    #[serde(default = "defaults::join_timeout", with = "duration")]
+    pub join_timeout: Duration,
+    /// Engine.IO sessions that have not joined a namespace, at once. Default: `max_clients`.
+    /// More: a request that would open one is answered 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_sessions: Option<usize>,
+    /// How long a new connection may take to send its first request head. Longer: closed.
+    #[serde(default = "defaults::header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a connection that is not a kiosk's WebSocket may carry no request (kept
+    /// alive between requests, or a request head sent slowly). Longer: closed.
+    #[serde(default = "defaults::idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Open connections, kiosks' included. Default: `max_clients + max_pending_sessions + 64`.
+    /// Full: the connection idle the longest is closed for a new one; with none idle, the new
+    /// one is closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -62,6 +92,11 @@ impl Default for Limits {
             max_clients: defaults::max_clients(),
             max_message_bytes: defaults::max_message_bytes(),
             max_event_bytes: defaults::max_event_bytes(),
+            join_timeout: defaults::join_timeout(),
+            max_pending_sessions: None,
+            header_timeout: defaults::header_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            max_connections: None,
         }
     }
 }
@@ -71,18 +106,58 @@ impl Limits {
     /// ("The memory budget"), with the per-kiosk figures measured there.
     pub fn memory_budget_bytes(&self) -> u64 {
         const MIB: u64 = 1 << 20;
-        const KIOSK: u64 = (30 + 140) << 10;
+        const KIOSK: u64 = (21 + 140) << 10;
+        const PENDING_SESSION: u64 = 11 << 10;
+        const CONNECTION: u64 = 16 << 10;
         8 * MIB
             + KIOSK * self.max_clients as u64
+            + PENDING_SESSION * self.max_pending_sessions() as u64
+            + CONNECTION * self.max_connections() as u64
             + 3 * self.mirror_bytes as u64
             + self.replay_bytes as u64
             + (self.kiosk_queue * self.max_event_bytes) as u64
             + 3 * MAX_RESPONSE_BYTES as u64
     }
 
+    /// `max_pending_sessions`, or `max_clients` when it is not set.
+    pub fn max_pending_sessions(&self) -> usize {
+        self.max_pending_sessions.unwrap_or(self.max_clients)
+    }
+
+    /// `max_connections`, or `max_clients + max_pending_sessions + 64`
+    /// when it is not set.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(
+            self.max_clients
+                .saturating_add(self.max_pending_sessions())
+                .saturating_add(CONNECTION_HEADROOM),
+        )
+    }
+
+    /// The descriptors the relay may need with these limits: [`Limits::max_connections`] and
+    /// the relay's own 64 (`OTHER_DESCRIPTORS`).
+    pub fn descriptors_needed(&self) -> u64 {
+        self.max_connections() as u64 + OTHER_DESCRIPTORS
+    }
+
     /// The most events replayed to one subscribing kiosk; more missed events get a snapshot.
     /// Half the kiosk queue, so that the ack and the replay always fit into it.
     pub fn max_replay_per_subscribe(&self) -> usize {
         self.kiosk_queue / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's memory budget with the default limits ("The memory budget").
+    #[test]
+    fn the_default_budget_is_the_one_the_readme_gives() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_pending_sessions(), 500);
+        assert_eq!(limits.max_connections(), 1064);
+        let mib = limits.memory_budget_bytes() as f64 / (1u64 << 20) as f64;
+        assert_eq!(mib.round(), 325.0, "{mib} MiB");
     }
 }

@@ -183,6 +183,42 @@ impl Config {
                 ));
             }
         }
+        if l.max_pending_sessions == Some(0) {
+            return Err(invalid(
+                "limits.max_pending_sessions",
+                "is 0; it must be at least 1, or no kiosk could start a session",
+            ));
+        }
+        if let Some(max) = l.max_connections {
+            // A kiosk may hold two connections while it upgrades from polling.
+            let least = l.max_clients.saturating_add(1);
+            if max < least {
+                return Err(invalid(
+                    "limits.max_connections",
+                    format!(
+                        "is {max}; it must be more than limits.max_clients ({}), or kiosks could not all connect and /healthz or the webhook could not get in; leave it unset for max_clients + max_pending_sessions + {}",
+                        l.max_clients,
+                        super::limits::CONNECTION_HEADROOM
+                    ),
+                ));
+            }
+        }
+        let timeouts = [
+            ("limits.join_timeout", l.join_timeout),
+            ("limits.header_timeout", l.header_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+        ];
+        for (key, value) in timeouts {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "is {}; it must be at least 100ms",
+                        super::duration::format(value)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

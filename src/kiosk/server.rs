@@ -34,10 +34,12 @@ use crate::metrics::{self, Metrics};
 /// engineioxide's default, 4,096, cost 3.5 KiB more per kiosk.
 const WS_READ_BUFFER_BYTES: usize = 512;
 
-/// The Socket.IO builder with the relay's bounds: the per-kiosk queue, and the largest message
-/// a kiosk may send on either transport.
+/// The Socket.IO builder with the relay's bounds: the per-kiosk queue, the largest message
+/// a kiosk may send on either transport, and how long a session may take to join a namespace
+/// (`limits.join_timeout`; see [`super::pending`]).
 pub fn builder(limits: &Limits) -> SocketIoBuilder {
     SocketIo::builder()
+        .connect_timeout(limits.join_timeout)
         .max_buffer_size(limits.kiosk_queue)
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_payload(limits.max_message_bytes as u64)
@@ -137,6 +139,7 @@ impl Kiosks {
             self.connected.fetch_sub(1, Ordering::SeqCst);
             return Err(refuse(Refused::Full(self.max_clients)));
         }
+        super::pending::joined(&socket);
         let will_subscribe = auth.get("collections").is_some();
         set_up(
             &socket,
