@@ -31,6 +31,8 @@
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
 //! * [`clock`]: timestamps, in one place.
+//! * [`nesting`]: how deeply JSON taken into the mirror may nest ([`nesting::MAX_NESTING`]),
+//!   so that the state file can always be read back.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
@@ -43,6 +45,7 @@ pub mod http;
 pub mod hub;
 pub mod kiosk;
 pub mod metrics;
+pub mod nesting;
 pub mod report;
 pub mod status_page;
 pub mod systemd;
@@ -159,6 +162,13 @@ pub async fn run_with_reload(
     stop_tasks.cancel();
     tracker.close();
     tracker.wait().await;
+    // The hub's last save was the last write: if it failed, what changed since the last good
+    // one is lost, and the next start cannot continue the epoch. Say so, and exit non-zero.
+    if let Some(problem) = metrics.board.saving().describe() {
+        anyhow::bail!(
+            "stopped, but the final save failed: {problem}; the next start serves the content of the last good save, in a new epoch"
+        );
+    }
     info!("stopped");
     Ok(())
 }
@@ -221,6 +231,8 @@ mod tests {
             saved_unix: clock::unix_now() - age_secs,
             clean: true,
             mirror: Default::default(),
+            ring: Vec::new(),
+            lost: Vec::new(),
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub state_last_write: Gauge<f64, AtomicU64>,
     /// Unix time of the last state file write.
     pub state_last_write_time: Gauge,
+    /// 1 while the last state file write failed: the relay serves, but cannot save.
+    pub state_write_failing: Gauge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -127,6 +129,7 @@ impl Metrics {
             state_write_failures: Counter::default(),
             state_last_write: Gauge::default(),
             state_last_write_time: Gauge::default(),
+            state_write_failing: Gauge::default(),
             registry: Registry::default(),
             board: crate::status_page::Board::default(),
         };
@@ -255,6 +258,11 @@ impl Metrics {
             "state_last_write_timestamp_seconds",
             "Unix time of the last state file write",
             m.state_last_write_time.clone(),
+        );
+        registry.register(
+            "state_write_failing",
+            "1 while the last state file write failed (the relay serves but cannot save)",
+            m.state_write_failing.clone(),
         );
         Metrics { registry, ..m }
     }

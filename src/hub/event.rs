@@ -100,7 +100,12 @@ impl EventName {
         }
     }
 
-    /// The action label used in metrics.
+    /// The event whose [`EventName::action`] is `label`.
+    pub fn from_action(label: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.action() == label)
+    }
+
+    /// The action label used in metrics (and in the state file's replay ring).
     pub fn action(self) -> &'static str {
         match self {
             EventName::Create => "create",

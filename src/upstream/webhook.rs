@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::hub::event::{Action, Change, Key};
 use crate::hub::{Busy, HubHandle};
 use crate::metrics::Metrics;
+use crate::nesting::{self, MAX_NESTING};
 
 /// The header the Flow sends the shared secret in.
 pub const SECRET_HEADER: &str = "x-relay-secret";
@@ -223,6 +224,14 @@ fn check_secret(headers: &HeaderMap, config: &Config) -> Result<(), Reject> {
 
 /// Parses one webhook body into a [`Change`].
 pub fn parse(body: &[u8]) -> Result<Change, Reject> {
+    if nesting::depth_of_bytes(body, MAX_NESTING) > MAX_NESTING {
+        return Err(Reject::bad(
+            "too-deep",
+            format!(
+                "body nests deeper than {MAX_NESTING} levels of [ and {{ (the relay's limit, so that everything it saves can be read back at the next start); flatten the payload"
+            ),
+        ));
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Reject::bad("malformed", format!("body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
