@@ -431,3 +431,54 @@ async fn a_relay_that_cannot_save_serves_degraded_and_its_stop_fails() {
     let error = format!("{:#}", stopped.expect_err("the final save failed"));
     assert!(error.contains("the final save failed"), "{error}");
 }
+
+/// With `webhook.durable`, a 202 comes after the journal's fsync (counted in
+/// `relay_journal_syncs_total`); after a clean stop the last state write covers the journal,
+/// so the next start replays nothing twice and leaves no journal file behind.
+#[tokio::test]
+async fn durable_webhooks_are_journaled_and_a_clean_stop_leaves_no_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().to_owned();
+    let in_dir = |config: &mut Config| {
+        config.state_dir = state_dir.clone();
+        config.webhook.durable = true;
+    };
+    let (addr, shutdown, task) = start_in("", in_dir).await;
+    for key in 1..=5 {
+        let body = format!(r#"{{"event":"screens.items.create","key":{key},"payload":{{}}}}"#);
+        assert_eq!(post_hook(addr, Some(SECRET), &body).await.0, 202);
+    }
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        !metrics.contains("relay_journal_syncs_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        std::fs::read_dir(&state_dir).expect("dir").any(|e| e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with("webhook-journal.")),
+        "the changes are in the journal"
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+
+    let (addr, shutdown, task) = start_in("", in_dir).await;
+    let (_, status) = get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["seq"], 5, "nothing replayed twice: {status}");
+    let journal_files = std::fs::read_dir(&state_dir)
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("webhook-journal.")
+            })
+        })
+        .count();
+    assert_eq!(journal_files, 0);
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}

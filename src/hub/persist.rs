@@ -19,6 +19,7 @@ impl Hub {
     /// clean (see `state_file::parse`): kiosks must not resume past content the relay lost.
     pub(super) fn restore(&mut self, mut saved: state_file::Saved) {
         self.cursor = saved.cursor;
+        self.journal = saved.journal;
         self.known_current = Timestamp {
             rfc3339: saved.saved_at.clone(),
             unix: saved.saved_unix,
@@ -154,7 +155,7 @@ impl Hub {
         }
         if let Some(writer) = &self.writer {
             match self.serialise(false) {
-                Ok(bytes) => writer.offer(bytes),
+                Ok(bytes) => writer.offer(bytes, self.journal),
                 Err(e) => {
                     warn!(%e, "cannot serialise the state (a bug): the last known content will not survive a restart; please report this")
                 }
@@ -178,6 +179,7 @@ impl Hub {
             saved_unix: saved.unix,
             clean,
             mirror: &self.mirror,
+            journal: self.journal,
             // Only a clean file continues the epoch, so only it needs the ring.
             ring: clean.then_some(state_file::RingRef(&self.ring)),
         })
@@ -189,7 +191,7 @@ impl Hub {
     pub(super) fn save_last(&mut self) {
         if let Some(writer) = self.writer.take() {
             match self.serialise(true) {
-                Ok(bytes) => writer.offer(bytes),
+                Ok(bytes) => writer.offer(bytes, self.journal),
                 Err(e) => {
                     warn!(%e, "cannot serialise the state (a bug): the last known content will not survive a restart; please report this")
                 }
@@ -311,7 +313,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
-        let writer = state_file::Writer::spawn(dir.path().to_owned(), metrics.clone(), &tracker);
+        let writer =
+            state_file::Writer::spawn(dir.path().to_owned(), metrics.clone(), None, &tracker);
         let mut after = hub("");
         after.writer = Some(writer);
         after.restore(saved_from(&before, true));
@@ -334,6 +337,7 @@ mod tests {
         unwritable.writer = Some(state_file::Writer::spawn(
             not_a_dir,
             metrics.clone(),
+            None,
             &tracker,
         ));
         unwritable.restore(saved_from(&before, true));
@@ -665,6 +669,33 @@ mod tests {
                 assert_eq!(after.seq, before.seq);
                 assert_eq!(ring_of(&after, 0), ring_of(&before, 0));
             }
+        }
+    }
+
+    /// The state says how far it includes the webhook journal, and keeps saying it after a
+    /// restart, so the journal is cut and replayed from the right record.
+    #[test]
+    fn the_state_says_how_far_it_includes_the_webhook_journal() {
+        let mut before = hub("");
+        let journaled = |journal| super::super::Command::Journaled {
+            change: change(
+                "screens",
+                Action::Create,
+                &[json!(journal)],
+                Some(json!({})),
+            ),
+            journal,
+        };
+        before.handle(journaled(7));
+        before.handle(journaled(8));
+        assert_eq!(before.seq, 2);
+        for clean in [true, false] {
+            let saved = saved_from(&before, clean);
+            assert_eq!(saved.journal, 8);
+            let mut after = hub("");
+            after.restore(saved);
+            assert_eq!(after.journal, 8);
+            assert_eq!(saved_from(&after, false).journal, 8);
         }
     }
 }

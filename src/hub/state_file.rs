@@ -59,6 +59,9 @@ pub struct Saved {
     pub clean: bool,
     /// Mirrored records per collection and key.
     pub mirror: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The last webhook journal record the state includes (`webhook.durable`); 0: none.
+    #[serde(default)]
+    pub journal: u64,
     /// The replay ring, oldest first; only in a clean file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ring: Vec<SavedEvent>,
@@ -117,6 +120,7 @@ pub struct SavedRef<'a> {
     pub saved_unix: i64,
     pub clean: bool,
     pub mirror: &'a super::mirror::Mirror,
+    pub journal: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ring: Option<RingRef<'a>>,
 }
@@ -164,6 +168,8 @@ struct SavedFile {
     clean: bool,
     mirror: BTreeMap<String, Box<RawValue>>,
     #[serde(default)]
+    journal: u64,
+    #[serde(default)]
     ring: Option<Box<RawValue>>,
 }
 
@@ -186,6 +192,7 @@ pub fn parse(bytes: &[u8]) -> serde_json::Result<Saved> {
         saved_unix: file.saved_unix,
         clean: file.clean,
         mirror: BTreeMap::new(),
+        journal: file.journal,
         ring: Vec::new(),
         lost: Vec::new(),
     };
@@ -281,31 +288,40 @@ pub fn write_atomic(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A serialised state offered to the writer, and the last webhook journal record it includes.
+type Offer = Option<(Arc<Vec<u8>>, u64)>;
+
 /// The writer task's end: the hub offers serialised states; only the newest is written. One
 /// task does every write, so two writes never share the temporary file.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: Arc<watch::Sender<Option<Arc<Vec<u8>>>>>,
+    tx: Arc<watch::Sender<Offer>>,
     dir: PathBuf,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
     /// Starts the writer task for `dir` on `tracker`. It ends when every handle is dropped,
-    /// after writing the last state offered.
-    pub fn spawn(dir: PathBuf, metrics: Arc<Metrics>, tracker: &TaskTracker) -> Writer {
+    /// after writing the last state offered. After each state written, `journal_saved` (with
+    /// `webhook.durable`) is told the last journal record it includes.
+    pub fn spawn(
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        journal_saved: Option<watch::Sender<u64>>,
+        tracker: &TaskTracker,
+    ) -> Writer {
         // The temporary file is the writer's own; one left by a crash is never read, and goes.
         let tmp = dir.join(TMP_NAME);
         if fs::remove_file(&tmp).is_ok() {
             info!(path = %tmp.display(), "removed a state file left half-written by a crash");
         }
-        let (tx, mut rx) = watch::channel::<Option<Arc<Vec<u8>>>>(None);
+        let (tx, mut rx) = watch::channel::<Offer>(None);
         let (task_dir, task_metrics) = (dir.clone(), metrics.clone());
         tracker.spawn(async move {
             let mut log = FailureLog::default();
             // `changed` still reports a value offered just before the last handle was dropped.
             while rx.changed().await.is_ok() {
-                let Some(bytes) = rx.borrow_and_update().clone() else {
+                let Some((bytes, journal)) = rx.borrow_and_update().clone() else {
                     continue;
                 };
                 let (dir, metrics) = (task_dir.clone(), task_metrics.clone());
@@ -314,6 +330,9 @@ impl Writer {
                         .await;
                 match result {
                     Ok(Ok(())) => {
+                        if let Some(saved) = &journal_saved {
+                            saved.send_replace(journal);
+                        }
                         if let Some(failures) = log.succeeded() {
                             info!(failures, "the state file is written again");
                         }
@@ -343,9 +362,10 @@ impl Writer {
         }
     }
 
-    /// Hands a serialised state to the writer task; a newer one replaces a waiting one.
-    pub fn offer(&self, bytes: Vec<u8>) {
-        self.tx.send_replace(Some(Arc::new(bytes)));
+    /// Hands a serialised state, which includes the webhook journal up to record `journal`,
+    /// to the writer task; a newer one replaces a waiting one.
+    pub fn offer(&self, bytes: Vec<u8>, journal: u64) {
+        self.tx.send_replace(Some((Arc::new(bytes), journal)));
     }
 
     /// Writes at once, on the caller's thread. Only before anything was offered (at start-up),
@@ -431,6 +451,7 @@ mod tests {
                 [("1".to_string(), json!({"id": 1}))].into(),
             )]
             .into(),
+            journal: 0,
             ring: Vec::new(),
             lost: Vec::new(),
         }
