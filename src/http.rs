@@ -173,9 +173,16 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             } else if !shared.hub.liveness().is_alive() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "hub is not responding\n")
             } else {
-                // Kiosks get the last known content whatever Directus does: ready either way.
+                // Kiosks get the last known content whatever Directus does, and whether or not
+                // the state file can be written: ready either way, degraded said in words.
                 let upstream = shared.hub.report().upstream.as_str();
-                text(StatusCode::OK, format!("ready (upstream {upstream})\n"))
+                match shared.metrics.board.saving().describe() {
+                    None => text(StatusCode::OK, format!("ready (upstream {upstream})\n")),
+                    Some(problem) => text(
+                        StatusCode::OK,
+                        format!("degraded (upstream {upstream}): {problem}\n"),
+                    ),
+                }
             }
         }
         (&Method::GET, "/metrics") => {

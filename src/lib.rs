@@ -15,7 +15,8 @@
 //!
 //! * [`config`]: defaults → TOML file → `RELAY_*` environment, secrets, validation, one file
 //!   per job.
-//! * [`upstream`]: where changes come from: Flow webhooks ([`upstream::webhook`]), Directus's
+//! * [`upstream`]: where changes come from: Flow webhooks ([`upstream::webhook`]; with
+//!   `webhook.durable`, through the journal [`upstream::journal`]), Directus's
 //!   realtime WebSocket ([`upstream::websocket`]) or polling, all backed by the activity cursor
 //!   ([`upstream::sync`]) over a small REST client ([`upstream::directus`]).
 //! * [`hub`]: the one task that owns epoch, seq, the mirror and the replay ring; it ingests
@@ -36,6 +37,8 @@
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
 //! * [`clock`]: timestamps, in one place.
+//! * [`nesting`]: how deeply JSON taken into the mirror may nest ([`nesting::MAX_NESTING`]),
+//!   so that the state file can always be read back.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
@@ -49,6 +52,7 @@ pub mod http;
 pub mod hub;
 pub mod kiosk;
 pub mod metrics;
+pub mod nesting;
 pub mod report;
 pub mod status_page;
 pub mod systemd;
@@ -58,6 +62,7 @@ pub mod upstream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +111,7 @@ pub async fn run_with_reload(
     let stop_tasks = CancellationToken::new();
 
     let (hub, inbox) = hub::channel(&config);
-    let (sink, webhooks) = upstream::webhook_sink(&config, &hub);
+    let (sink, webhooks, journal_inbox) = upstream::webhook_sink(&config, &hub);
     let shared = http::Shared {
         config: config.clone(),
         hub: hub.clone(),
@@ -128,11 +133,28 @@ pub async fn run_with_reload(
     throttle.spawn_summary(stop_tasks.clone(), &tracker);
     let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
+    // With webhook.durable: what was answered 202 after the last state write, replayed below.
+    let journal = match journal_inbox {
+        None => None,
+        Some(inbox) => {
+            let upto = saved.as_ref().map_or(0, |s| s.journal);
+            let recovered =
+                upstream::journal::recover(&config.state_dir, upto).with_context(|| {
+                    format!(
+                        "cannot read the webhook journal in {} (webhook.durable)",
+                        config.state_dir.display()
+                    )
+                })?;
+            let (saved_tx, saved_rx) = tokio::sync::watch::channel(upto);
+            Some((inbox, recovered, saved_tx, saved_rx))
+        }
+    };
     let persistence = hub::Persistence {
         saved,
         writer: Some(hub::state_file::Writer::spawn(
             config.state_dir.clone(),
             metrics.clone(),
+            journal.as_ref().map(|j| j.2.clone()),
             &tracker,
         )),
     };
@@ -146,6 +168,30 @@ pub async fn run_with_reload(
         stop_tasks.clone(),
         &tracker,
     );
+    if let Some((inbox, mut recovered, _, saved_rx)) = journal {
+        let changes = std::mem::take(&mut recovered.changes);
+        if !changes.is_empty() {
+            info!(
+                changes = changes.len(),
+                "replaying webhook changes answered 202 after the last state write"
+            );
+        }
+        for (journal, change) in changes {
+            hub.send(hub::Command::Journaled { change, journal })
+                .await
+                .map_err(|_| anyhow::anyhow!("the hub stopped while the journal was replayed"))?;
+        }
+        upstream::journal::spawn(
+            config.state_dir.clone(),
+            recovered,
+            inbox,
+            hub.clone(),
+            saved_rx,
+            metrics.clone(),
+            stop_tasks.clone(),
+            &tracker,
+        );
+    }
     systemd::spawn_reporter(hub.clone(), metrics.clone(), stop_tasks.clone(), &tracker);
     upstream::spawn(
         config.clone(),
@@ -179,6 +225,13 @@ pub async fn run_with_reload(
     stop_tasks.cancel();
     tracker.close();
     tracker.wait().await;
+    // The hub's last save was the last write: if it failed, what changed since the last good
+    // one is lost, and the next start cannot continue the epoch. Say so, and exit non-zero.
+    if let Some(problem) = metrics.board.saving().describe() {
+        anyhow::bail!(
+            "stopped, but the final save failed: {problem}; the next start serves the content of the last good save, in a new epoch"
+        );
+    }
     info!("stopped");
     Ok(())
 }
@@ -241,6 +294,9 @@ mod tests {
             saved_unix: clock::unix_now() - age_secs,
             clean: true,
             mirror: Default::default(),
+            journal: 0,
+            ring: Vec::new(),
+            lost: Vec::new(),
         }
     }
 

@@ -84,6 +84,17 @@ pub struct Metrics {
     pub state_last_write: Gauge<f64, AtomicU64>,
     /// Unix time of the last state file write.
     pub state_last_write_time: Gauge,
+    /// 1 while the last state file write failed: the relay serves, but cannot save.
+    pub state_write_failing: Gauge,
+    /// Webhook journal fsyncs (`webhook.durable`), each shared by a batch of webhooks.
+    pub journal_syncs: Counter,
+    /// Webhook journal writes or fsyncs that failed (their webhooks were answered 503).
+    pub journal_failures: Counter,
+    /// How long the last journal write and fsync took, and all of them together.
+    pub journal_last_sync: Gauge<f64, AtomicU64>,
+    pub journal_sync_seconds: Counter<f64, AtomicU64>,
+    /// Bytes in the webhook journal's files.
+    pub journal_bytes: Gauge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -127,6 +138,12 @@ impl Metrics {
             state_write_failures: Counter::default(),
             state_last_write: Gauge::default(),
             state_last_write_time: Gauge::default(),
+            state_write_failing: Gauge::default(),
+            journal_syncs: Counter::default(),
+            journal_failures: Counter::default(),
+            journal_last_sync: Gauge::default(),
+            journal_sync_seconds: Counter::default(),
+            journal_bytes: Gauge::default(),
             registry: Registry::default(),
             board: crate::status_page::Board::default(),
         };
@@ -255,6 +272,36 @@ impl Metrics {
             "state_last_write_timestamp_seconds",
             "Unix time of the last state file write",
             m.state_last_write_time.clone(),
+        );
+        registry.register(
+            "state_write_failing",
+            "1 while the last state file write failed (the relay serves but cannot save)",
+            m.state_write_failing.clone(),
+        );
+        registry.register(
+            "journal_syncs",
+            "Webhook journal fsyncs, each shared by a batch of webhooks",
+            m.journal_syncs.clone(),
+        );
+        registry.register(
+            "journal_failures",
+            "Webhook journal writes or fsyncs that failed (their webhooks were answered 503)",
+            m.journal_failures.clone(),
+        );
+        registry.register(
+            "journal_last_sync_seconds",
+            "How long the last webhook journal write and fsync took",
+            m.journal_last_sync.clone(),
+        );
+        registry.register(
+            "journal_sync_seconds",
+            "Time spent writing and fsyncing the webhook journal",
+            m.journal_sync_seconds.clone(),
+        );
+        registry.register(
+            "journal_bytes",
+            "Bytes in the webhook journal's files",
+            m.journal_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

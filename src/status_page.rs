@@ -54,6 +54,37 @@ pub struct MirrorNote {
     pub overflow: Option<&'static str>,
 }
 
+/// How writing the state file goes, as the status page and `/readyz` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SavingNote {
+    /// Since when writes fail (RFC 3339); `None` while they succeed.
+    pub failing_since: Option<String>,
+    /// Failed writes since then.
+    pub failures: u64,
+    /// What the last failure said.
+    pub error: Option<String>,
+    /// When the state file was last written (RFC 3339), in this run.
+    pub last_saved: Option<String>,
+}
+
+impl SavingNote {
+    /// Whether the last write failed.
+    pub fn failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+
+    /// One line for `/readyz` and logs while writes fail.
+    pub fn describe(&self) -> Option<String> {
+        let since = self.failing_since.as_ref()?;
+        Some(format!(
+            "cannot write the state file since {since} ({} failed writes, last: {}); last saved: {}",
+            self.failures,
+            self.error.as_deref().unwrap_or("unknown error"),
+            self.last_saved.as_deref().unwrap_or("never in this run"),
+        ))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     events: VecDeque<EventNote>,
@@ -63,6 +94,7 @@ struct Inner {
     mirror: Vec<MirrorNote>,
     rooms: Vec<(String, usize)>,
     kiosks: usize,
+    saving: SavingNote,
 }
 
 /// What the status page shows, shared by the parts that know it.
@@ -130,6 +162,29 @@ impl Board {
         inner.rejects.truncate(RECENT_REJECTS);
     }
 
+    /// Notes a state file written.
+    pub fn saved(&self) {
+        let mut inner = self.inner();
+        inner.saving = SavingNote {
+            last_saved: Some(now_rfc3339()),
+            ..SavingNote::default()
+        };
+    }
+
+    /// Notes a state file write that failed.
+    pub fn save_failed(&self, error: &str) {
+        let mut inner = self.inner();
+        let saving = &mut inner.saving;
+        saving.failing_since.get_or_insert_with(now_rfc3339);
+        saving.failures += 1;
+        saving.error = Some(error.to_owned());
+    }
+
+    /// How writing the state file goes.
+    pub fn saving(&self) -> SavingNote {
+        self.inner().saving.clone()
+    }
+
     /// The hub's view of its mirror and of the kiosks per room, refreshed every tick.
     pub fn set_kiosks(&self, mirror: Vec<MirrorNote>, rooms: Vec<(String, usize)>, kiosks: usize) {
         let mut inner = self.inner();
@@ -171,6 +226,7 @@ impl Board {
             "events_per_minute": Self::events_per_minute(&inner, now),
             "events": inner.events,
             "rejects": inner.rejects,
+            "saving": inner.saving,
             "memory": {
                 "rss_bytes": rss_bytes(),
                 "budget_bytes": config.limits.memory_budget_bytes(),

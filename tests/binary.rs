@@ -548,3 +548,31 @@ async fn json_logs_are_one_object_per_line() {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
 }
+
+/// A relay whose final save fails says so in an ERROR line and exits non-zero, promptly.
+#[tokio::test]
+async fn a_failed_final_save_is_an_error_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("state-is-a-file");
+    std::fs::write(&not_a_dir, b"").expect("write");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nclients.allow_anonymous = true\n[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n",
+            not_a_dir.display()
+        ),
+    );
+    let mut command = relay();
+    command.arg("--config").arg(&path);
+    let mut running = Running::spawn(command);
+    let addr = running.address();
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 202);
+    let status = running.terminate();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status after a failed final save"
+    );
+    let line = running.wait_for("the final save failed");
+    assert!(line.contains("ERROR"), "{line}");
+}

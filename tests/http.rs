@@ -19,6 +19,12 @@ async fn start() -> Running {
 }
 
 async fn start_with(extra: &str) -> Running {
+    start_in(extra, |_| {}).await
+}
+
+/// [`start_with`], with the config changed by `tweak` after the test's own state directory is
+/// set.
+async fn start_in(extra: &str, tweak: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::from_toml(&format!(
         "[webhook]\nsecret = \"{SECRET}\"\n[[collections]]\nname = \"screens\"\n[limits]\nwebhook_body_bytes = 2048\n{extra}\n{anonymous}",
         anonymous = if extra.contains("[clients]") { "" } else { "[clients]\nallow_anonymous = true" }
@@ -27,6 +33,7 @@ async fn start_with(extra: &str) -> Running {
     // A state directory of this test's own, gone when the process ends.
     config.state_dir =
         std::env::temp_dir().join(format!("relay-http-test-{}", directus_relay::random_hex(6)));
+    tweak(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -109,6 +116,17 @@ async fn webhook_refusals_say_why_and_the_relay_keeps_serving() {
             413,
             "limits.webhook_body_bytes",
         ),
+        (
+            "nested too deep",
+            Some(SECRET),
+            format!(
+                r#"{{"event":"screens.items.create","key":1,"payload":{{"x":{}1{}}}}}"#,
+                "[".repeat(64),
+                "]".repeat(64)
+            ),
+            400,
+            "nests deeper than 64 levels",
+        ),
     ];
     for (what, secret, body, status, words) in cases {
         let (got, answer) = post_hook(addr, secret, &body).await;
@@ -144,6 +162,7 @@ async fn webhook_refusals_say_why_and_the_relay_keeps_serving() {
         ("unknown-event", 1),
         ("unknown-collection", 1),
         ("too-large", 2),
+        ("too-deep", 1),
     ] {
         let line = format!("relay_webhook_rejects_total{{reason=\"{reason}\"}} {count}");
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
@@ -443,6 +462,108 @@ async fn metrics_need_the_admin_token_when_protected() {
     assert!(head.contains("www-authenticate: bearer"), "{head}");
     // The health checks stay open: a load balancer has no token.
     assert_eq!(get(addr, "/healthz").await.0, 200);
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}
+
+/// A relay that cannot write its state file keeps serving, and says so: `/readyz` stays 200
+/// (kiosks still get content) but reads "degraded" with the reason, the status data and the
+/// metrics show it, and the stop reports the failed final save as an error (exit status 1).
+#[tokio::test]
+async fn a_relay_that_cannot_save_serves_degraded_and_its_stop_fails() {
+    let not_a_dir = tempfile::NamedTempFile::new().expect("temp file");
+    let (addr, shutdown, task) = start_in("", |config| {
+        config.state_dir = not_a_dir.path().to_owned();
+        config.persist_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    assert_eq!(post_hook(addr, Some(SECRET), CREATE).await.0, 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let readyz = loop {
+        let (status, body) = get(addr, "/readyz").await;
+        if body.starts_with("degraded") {
+            assert_eq!(
+                status, 200,
+                "a relay that serves but cannot save stays in rotation"
+            );
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never degraded: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        readyz.contains("cannot write the state file since"),
+        "{readyz}"
+    );
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(metrics.contains("relay_state_write_failing 1"), "{metrics}");
+    assert!(
+        !metrics.contains("relay_state_write_failures_total 0"),
+        "{metrics}"
+    );
+    let (_, status) = get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert!(status["saving"]["failing_since"].is_string(), "{status}");
+    assert!(status["saving"]["failures"].as_u64() >= Some(1), "{status}");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("stops promptly")
+        .expect("no panic");
+    let error = format!("{:#}", stopped.expect_err("the final save failed"));
+    assert!(error.contains("the final save failed"), "{error}");
+}
+
+/// With `webhook.durable`, a 202 comes after the journal's fsync (counted in
+/// `relay_journal_syncs_total`); after a clean stop the last state write covers the journal,
+/// so the next start replays nothing twice and leaves no journal file behind.
+#[tokio::test]
+async fn durable_webhooks_are_journaled_and_a_clean_stop_leaves_no_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().to_owned();
+    let in_dir = |config: &mut Config| {
+        config.state_dir = state_dir.clone();
+        config.webhook.durable = true;
+    };
+    let (addr, shutdown, task) = start_in("", in_dir).await;
+    for key in 1..=5 {
+        let body = format!(r#"{{"event":"screens.items.create","key":{key},"payload":{{}}}}"#);
+        assert_eq!(post_hook(addr, Some(SECRET), &body).await.0, 202);
+    }
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        !metrics.contains("relay_journal_syncs_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        std::fs::read_dir(&state_dir).expect("dir").any(|e| e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with("webhook-journal.")),
+        "the changes are in the journal"
+    );
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+
+    let (addr, shutdown, task) = start_in("", in_dir).await;
+    let (_, status) = get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["seq"], 5, "nothing replayed twice: {status}");
+    let journal_files = std::fs::read_dir(&state_dir)
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("webhook-journal.")
+            })
+        })
+        .count();
+    assert_eq!(journal_files, 0);
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
 }

@@ -586,8 +586,9 @@ async fn a_kiosk_announcing_its_subscription_gets_nothing_before_the_ack() {
     relay.stop().await;
 }
 
-/// A restarted relay (same state directory) keeps its epoch, seq and content: a kiosk that
-/// was up to date resumes with nothing to replay, one that was behind gets the snapshot.
+/// A restarted relay (same state directory) keeps its epoch, seq, content and replay ring: a
+/// kiosk that was up to date resumes with nothing to replay, one that was behind gets the
+/// events it missed, and one from before the ring (or without `since`) the snapshot.
 #[tokio::test]
 async fn a_restarted_relay_keeps_its_epoch_seq_and_content() {
     let relay = Relay::start(&config("")).await;
@@ -624,6 +625,18 @@ async fn a_restarted_relay_keeps_its_epoch_seq_and_content() {
     let ack = kiosk
         .subscribe(json!({"collections": ["screens"], "since": {"epoch": epoch, "seq": 1}}))
         .await;
+    assert_eq!(
+        ack["collections"]["screens"],
+        json!({"mode": "replay", "events": 3})
+    );
+    for (name, expected) in [
+        ("data.create", 2),
+        ("data.pre-delete", 3),
+        ("data.delete", 4),
+    ] {
+        assert_eq!(seq(&kiosk.expect(name).await), expected);
+    }
+    let ack = kiosk.subscribe(json!({"collections": ["screens"]})).await;
     assert_eq!(
         ack["collections"]["screens"],
         json!({"mode": "snapshot", "items": [{"id": 1, "name": "A"}]})

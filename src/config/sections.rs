@@ -162,6 +162,11 @@ pub struct WebhookConfig {
     /// A file holding the secret (trailing newline ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// A 202 means "on disk": each change is appended to a journal in `state_dir` and fsynced
+    /// (one fsync per batch of webhooks waiting) before the answer, and replayed at start. Only
+    /// without `[directus]`, whose activity log already recovers what a crash loses.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 impl Default for WebhookConfig {
@@ -170,6 +175,7 @@ impl Default for WebhookConfig {
             path: defaults::webhook_path(),
             secret: None,
             secret_file: None,
+            durable: false,
         }
     }
 }

@@ -94,6 +94,12 @@ impl Config {
         if let Some(secret) = &self.webhook.secret {
             long_enough("webhook.secret", secret)?;
         }
+        if self.webhook.durable && self.directus.is_some() {
+            return Err(invalid(
+                "webhook.durable",
+                "is for webhooks alone (no [directus]): with Directus, the activity log already recovers what a crash loses; remove webhook.durable or [directus]",
+            ));
+        }
         Ok(())
     }
 

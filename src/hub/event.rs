@@ -3,12 +3,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// What happened to items, as upstream reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -100,7 +100,12 @@ impl EventName {
         }
     }
 
-    /// The action label used in metrics.
+    /// The event whose [`EventName::action`] is `label`.
+    pub fn from_action(label: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.action() == label)
+    }
+
+    /// The action label used in metrics (and in the state file's replay ring).
     pub fn action(self) -> &'static str {
         match self {
             EventName::Create => "create",

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::event::{Action, Change, CurrentRecords};
 use super::mirror::{self, Put};
@@ -12,6 +12,7 @@ use super::rooms::{self, Item};
 use super::{Hub, Room};
 use crate::config::CollectionConfig;
 use crate::metrics;
+use crate::nesting;
 
 /// What a change did to a collection's items.
 #[derive(Debug, Default)]
@@ -38,6 +39,14 @@ impl Hub {
             debug!(collection, "change for a collection that is not relayed");
             return;
         };
+        if change.payload.as_ref().is_some_and(nesting::too_deep) {
+            warn!(
+                collection,
+                max = nesting::MAX_NESTING,
+                "change skipped: its payload nests deeper than the relay takes (it could not be read back from the state file)"
+            );
+            return;
+        }
         let routed = !settings.rooms_by.is_empty();
         let mut outcome = Outcome::default();
         match change.action {
@@ -107,6 +116,16 @@ impl Hub {
         let mut listed = HashSet::new();
         for (key, record) in sync.items {
             listed.insert(key.text.clone());
+            if record.as_ref().is_some_and(nesting::too_deep) {
+                // Kept as it was (or absent): never a record the state file cannot read back.
+                warn!(
+                    collection,
+                    key = key.text,
+                    max = nesting::MAX_NESTING,
+                    "record from Directus skipped: it nests deeper than the relay takes (it could not be read back from the state file); kiosks keep what they had"
+                );
+                continue;
+            }
             let known = self.mirror.get(collection, &key.text);
             let is_known = known.is_some();
             let before = known.filter(|_| routed).cloned();
@@ -202,7 +221,7 @@ impl Hub {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::super::event::Action;
+    use super::super::event::{Action, CurrentRecords, Key};
     use super::super::rooms;
     use super::super::subscribe::Target;
     use super::super::testing::{change, events, hub};
@@ -421,5 +440,41 @@ mod tests {
         hub.set_upstream(UpstreamState::Offline);
         assert_eq!(hub.seq, 1);
         assert_eq!(hub.mirror.len("screens"), 1);
+    }
+
+    /// What could not be read back from the state file is never taken in: a record from
+    /// Directus nested past the limit is skipped (the item stays as it was, even in a complete
+    /// re-read), and so is a change whose payload nests past it.
+    #[test]
+    fn records_nested_past_the_limit_are_skipped() {
+        let nested = |depth: usize| (1..depth).fold(json!([]), |v, _| json!([v]));
+        let mut hub = hub("");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"v": 1})),
+        ));
+        let deep = json!({"id": 1, "deep": nested(crate::nesting::MAX_NESTING)});
+        let fits = json!({"id": 2, "deep": nested(crate::nesting::MAX_NESTING - 1)});
+        hub.sync(CurrentRecords {
+            collection: "screens".into(),
+            items: vec![
+                (Key::from_json(&json!(1)).expect("key"), Some(deep.clone())),
+                (Key::from_json(&json!(2)).expect("key"), Some(fits.clone())),
+            ],
+            hint: Action::Update,
+            complete: true,
+            payload: None,
+        });
+        assert_eq!(
+            hub.mirror.get("screens", "1"),
+            Some(&json!({"id": 1, "v": 1}))
+        );
+        assert_eq!(hub.mirror.get("screens", "2"), Some(&fits));
+        assert_eq!(hub.seq, 2, "only the record that fits is told");
+        hub.apply(change("screens", Action::Update, &[json!(2)], Some(deep)));
+        assert_eq!(hub.seq, 2);
+        assert_eq!(hub.mirror.get("screens", "2"), Some(&fits));
     }
 }

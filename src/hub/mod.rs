@@ -68,6 +68,10 @@ pub const SEEN_ITEMS: usize = 16_384;
 pub enum Command {
     /// A change from upstream, as submitted (webhook): merged into the known records.
     Apply(Change),
+    /// A webhook change already in the journal (`webhook.durable`) as record `journal`: applied
+    /// like [`Command::Apply`], and the state saved after it says the journal is covered up to
+    /// there.
+    Journaled { change: Change, journal: u64 },
     /// Current records from Directus: they replace the known records.
     Sync(CurrentRecords),
     /// The upstream's state changed; kiosks are told.
@@ -88,6 +92,11 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Apply(change) => f.debug_tuple("Apply").field(change).finish(),
+            Command::Journaled { change, journal } => f
+                .debug_struct("Journaled")
+                .field("change", change)
+                .field("journal", journal)
+                .finish(),
             Command::Sync(sync) => f
                 .debug_struct("Sync")
                 .field("collection", &sync.collection)
@@ -279,6 +288,9 @@ struct Hub {
     upstream: UpstreamSince,
     report_tx: Arc<watch::Sender<HubReport>>,
     cursor: Option<u64>,
+    /// The last webhook journal record applied (`webhook.durable`); saved with the state, so
+    /// the journal can be cut up to there and a restart replays only what follows.
+    journal: u64,
     /// When the content was last known current: saved with it, so a relay that restarts
     /// without an uplink tells kiosks the content's real age.
     known_current: Timestamp,
@@ -321,6 +333,7 @@ impl Hub {
             metrics,
             report_tx,
             cursor: None,
+            journal: 0,
             known_current: Timestamp::now(),
             dirty: false,
             writer: None,
@@ -367,6 +380,13 @@ impl Hub {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Apply(change) => self.apply(change),
+            Command::Journaled { change, journal } => {
+                self.apply(change);
+                if journal > self.journal {
+                    self.journal = journal;
+                    self.dirty = true;
+                }
+            }
             Command::Sync(sync) => self.sync(sync),
             Command::Upstream(state) => self.set_upstream(state),
             Command::Cursor(id) => {

@@ -61,6 +61,16 @@ impl ReplayRing {
         Some(self.events.iter().skip(skip))
     }
 
+    /// Every kept event, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.events.iter()
+    }
+
+    /// The seq of the newest event ever pushed.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
     pub fn len(&self) -> usize {
         self.events.len()
     }

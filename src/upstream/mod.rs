@@ -5,6 +5,7 @@
 //! * [`directus`]: the REST client; [`tls`]: rustls with ring and built-in roots.
 //! * [`sync`]: start-up load and the activity cursor.
 //! * [`websocket`]: Directus's realtime subscriptions.
+//! * [`journal`]: with `webhook.durable`, the journal that makes a 202 mean "on disk".
 //! * [`backoff`]: reconnect pacing.
 //! * [`check`], [`flow`]: the `check` and `setup-flow` commands.
 
@@ -12,6 +13,7 @@ pub mod backoff;
 pub mod check;
 pub mod directus;
 pub mod flow;
+pub mod journal;
 pub mod sync;
 pub mod tls;
 pub mod webhook;
@@ -36,15 +38,23 @@ use websocket::SessionError;
 type Webhooks = Option<mpsc::Receiver<Change>>;
 
 /// Where the webhook receiver sends changes: with a Directus in webhook mode, to the upstream
-/// (which re-reads each item for its full record), bounded by `limits.hub_inbox`; else to the
-/// hub.
-pub fn webhook_sink(config: &Config, hub: &HubHandle) -> (webhook::Sink, Webhooks) {
+/// (which re-reads each item for its full record), bounded by `limits.hub_inbox`; with
+/// `webhook.durable`, to the journal (whose inbox is returned, for [`journal::spawn`]); else to
+/// the hub.
+pub fn webhook_sink(
+    config: &Config,
+    hub: &HubHandle,
+) -> (webhook::Sink, Webhooks, Option<journal::JournalInbox>) {
     match &config.directus {
         Some(d) if d.mode == Mode::Webhook => {
             let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
-            (webhook::Sink::Upstream(tx), Some(rx))
+            (webhook::Sink::Upstream(tx), Some(rx), None)
         }
-        _ => (webhook::Sink::Hub(hub.clone()), None),
+        _ if config.webhook.durable => {
+            let (handle, inbox) = journal::channel(config.limits.hub_inbox);
+            (webhook::Sink::Journal(handle), None, Some(inbox))
+        }
+        _ => (webhook::Sink::Hub(hub.clone()), None, None),
     }
 }
 

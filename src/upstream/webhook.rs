@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::hub::event::{Action, Change, Key};
 use crate::hub::{Busy, HubHandle};
 use crate::metrics::Metrics;
+use crate::nesting::{self, MAX_NESTING};
+use crate::upstream::journal::{self, JournalError, JournalHandle};
 
 /// The header the Flow sends the shared secret in.
 pub const SECRET_HEADER: &str = "x-relay-secret";
@@ -50,15 +52,8 @@ impl Reject {
 pub enum Sink {
     Hub(HubHandle),
     Upstream(tokio::sync::mpsc::Sender<Change>),
-}
-
-impl Sink {
-    fn try_send(&self, change: Change) -> Result<(), Busy> {
-        match self {
-            Sink::Hub(hub) => hub.try_apply(change),
-            Sink::Upstream(tx) => tx.try_send(change).map_err(Busy::from),
-        }
-    }
+    /// `webhook.durable`: the journal, which answers once the change is on disk.
+    Journal(JournalHandle),
 }
 
 /// Checks the secret, reads the body within `limits.webhook_body_bytes`, parses it and hands
@@ -155,21 +150,49 @@ where
             ),
         ));
     }
-    match sink.try_send(change.clone()) {
+    let busy = || Reject {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "busy",
+        message: format!(
+            "the relay's queue is full (limits.hub_inbox = {}); the change was not taken",
+            config.limits.hub_inbox
+        ),
+    };
+    let stopping = || Reject {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "stopping",
+        message: "the relay is shutting down".into(),
+    };
+    let sent = match sink {
+        Sink::Hub(hub) => hub.try_apply(change.clone()),
+        Sink::Upstream(tx) => tx.try_send(change.clone()).map_err(Busy::from),
+        Sink::Journal(journal) => {
+            return match journal.commit(change.clone()).await {
+                Ok(()) => Ok(change),
+                Err(JournalError::Busy) => Err(busy()),
+                Err(JournalError::Stopped) => Err(stopping()),
+                Err(JournalError::Disk(e)) => Err(Reject {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "not-saved",
+                    message: format!(
+                        "the change could not be written to disk ({e}); it was not taken (webhook.durable): check that state_dir is writable and has room"
+                    ),
+                }),
+                Err(JournalError::Full) => Err(Reject {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "not-saved",
+                    message: format!(
+                        "the webhook journal holds its most ({} MiB) because the state file cannot be written; the change was not taken (webhook.durable)",
+                        journal::MAX_BYTES >> 20
+                    ),
+                }),
+            };
+        }
+    };
+    match sent {
         Ok(()) => Ok(change),
-        Err(Busy::Full) => Err(Reject {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "busy",
-            message: format!(
-                "the relay's queue is full (limits.hub_inbox = {}); the change was not taken",
-                config.limits.hub_inbox
-            ),
-        }),
-        Err(Busy::Stopped) => Err(Reject {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "stopping",
-            message: "the relay is shutting down".into(),
-        }),
+        Err(Busy::Full) => Err(busy()),
+        Err(Busy::Stopped) => Err(stopping()),
     }
 }
 
@@ -223,6 +246,14 @@ fn check_secret(headers: &HeaderMap, config: &Config) -> Result<(), Reject> {
 
 /// Parses one webhook body into a [`Change`].
 pub fn parse(body: &[u8]) -> Result<Change, Reject> {
+    if nesting::depth_of_bytes(body, MAX_NESTING) > MAX_NESTING {
+        return Err(Reject::bad(
+            "too-deep",
+            format!(
+                "body nests deeper than {MAX_NESTING} levels of [ and {{ (the relay's limit, so that everything it saves can be read back at the next start); flatten the payload"
+            ),
+        ));
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Reject::bad("malformed", format!("body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
