@@ -84,6 +84,12 @@ pub fn max_message_bytes() -> usize {
 pub fn max_event_bytes() -> usize {
     256 << 10
 }
+pub fn kiosk_requests() -> usize {
+    256
+}
+pub fn max_subscribe_targets() -> usize {
+    64
+}
 pub fn demo_client_file() -> PathBuf {
     "/usr/share/directus-relay/socket.io.min.js".into()
 }

@@ -47,6 +47,15 @@ pub struct Limits {
     /// Largest event sent to kiosks. Larger: sent with keys only and `truncated: true`.
     #[serde(default = "defaults::max_event_bytes", with = "byte_size")]
     pub max_event_bytes: usize,
+    /// Kiosk requests (a connected kiosk's status, a subscribe) waiting for the hub, in a queue
+    /// of their own so that changes never wait behind them. Full: a kiosk's request waits its
+    /// turn (each kiosk has at most one subscribe in progress, so at most `max_clients` wait).
+    #[serde(default = "defaults::kiosk_requests")]
+    pub kiosk_requests: usize,
+    /// Collections and routed rooms one subscribe may name. More: the subscribe is declined
+    /// with an error that says so.
+    #[serde(default = "defaults::max_subscribe_targets")]
+    pub max_subscribe_targets: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +71,8 @@ impl Default for Limits {
             max_clients: defaults::max_clients(),
             max_message_bytes: defaults::max_message_bytes(),
             max_event_bytes: defaults::max_event_bytes(),
+            kiosk_requests: defaults::kiosk_requests(),
+            max_subscribe_targets: defaults::max_subscribe_targets(),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The hub: the one task that owns `epoch`, `seq`, the mirror and the replay ring, and the only
 //! place that emits to kiosks.
 //!
-//! Everything reaches it as a [`Command`] through one bounded inbox, so a change, a kiosk's
-//! subscribe and its replay are handled one after the other: a subscribing kiosk gets its ack,
-//! then the replayed events, then the live stream, without gap or duplicate.
+//! Everything reaches it as a [`Command`], handled one after the other, so a subscribing kiosk
+//! gets its ack, then the replayed events, then the live stream, without gap or duplicate.
+//! Commands come through two bounded lanes: changes from upstream (`limits.hub_inbox`) and
+//! kiosk requests (`limits.kiosk_requests`). The hub always takes a waiting change first, so
+//! kiosks that connect or subscribe in a crowd never make the webhook answer 503 or delay live
+//! events by more than the one kiosk request being answered.
 //!
 //! This file holds the hub's state, its inbox and its loop. What it does with a command is in
 //! child modules, each an `impl Hub` for one job: `ingest` (changes in), `deliver` (events
@@ -48,7 +51,9 @@ use event::{Change, CurrentRecords};
 use mirror::{Fingerprints, Mirror};
 use replay::ReplayRing;
 use shape::Shapes;
-pub use subscribe::{Filtered, Since, SubscribeRequest, Wanted};
+pub use subscribe::{
+    Filtered, SUBSCRIBE_IN_PROGRESS, Since, SubscribeRequest, SubscribeSlot, Wanted,
+};
 
 /// The room every kiosk is in until it subscribes: it receives every collection, as with the
 /// Directus hook extension.
@@ -81,7 +86,16 @@ pub enum Command {
         socket: SocketRef,
         request: SubscribeRequest,
         ack: AckSender,
+        /// The kiosk's one subscribe in progress, freed once this one is answered.
+        slot: SubscribeSlot,
     },
+}
+
+impl Command {
+    /// Whether the command is a kiosk's request (its own lane), not a change from upstream.
+    fn from_kiosk(&self) -> bool {
+        matches!(self, Command::Connected(_) | Command::Subscribe { .. })
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -158,7 +172,10 @@ impl Liveness {
 /// The way to reach the hub. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HubHandle {
+    /// Changes from upstream (`limits.hub_inbox`).
     tx: mpsc::Sender<Command>,
+    /// Kiosk requests (`limits.kiosk_requests`).
+    kiosk_tx: mpsc::Sender<Command>,
     liveness: Arc<Liveness>,
     report: watch::Receiver<HubReport>,
     report_tx: Arc<watch::Sender<HubReport>>,
@@ -175,9 +192,14 @@ impl HubHandle {
         self.send(Command::Apply(change)).await
     }
 
-    /// Sends any command, waiting while the inbox is full.
+    /// Sends any command into its lane, waiting while that lane is full.
     pub async fn send(&self, command: Command) -> Result<(), Busy> {
-        self.tx.send(command).await.map_err(|_| Busy::Stopped)
+        let lane = if command.from_kiosk() {
+            &self.kiosk_tx
+        } else {
+            &self.tx
+        };
+        lane.send(command).await.map_err(|_| Busy::Stopped)
     }
 
     pub fn liveness(&self) -> &Liveness {
@@ -189,30 +211,35 @@ impl HubHandle {
         self.report.borrow().clone()
     }
 
-    /// Commands waiting in the inbox.
+    /// Changes waiting in the inbox.
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }
 
-/// The hub's inbox, handed to [`start`].
+/// The hub's two lanes, handed to [`start`].
 #[derive(Debug)]
-pub struct Inbox(mpsc::Receiver<Command>);
+pub struct Inbox {
+    changes: mpsc::Receiver<Command>,
+    kiosks: mpsc::Receiver<Command>,
+}
 
-/// Creates the hub's bounded inbox (`limits.hub_inbox`) and the handle to reach it, before the
-/// parts the hub needs exist.
+/// Creates the hub's bounded lanes (`limits.hub_inbox`, `limits.kiosk_requests`) and the
+/// handle to reach them, before the parts the hub needs exist.
 pub fn channel(config: &Config) -> (HubHandle, Inbox) {
-    let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
+    let (tx, changes) = mpsc::channel(config.limits.hub_inbox);
+    let (kiosk_tx, kiosks) = mpsc::channel(config.limits.kiosk_requests);
     let liveness = Arc::new(Liveness::new());
     liveness.beat();
     let (report_tx, report) = watch::channel(HubReport::default());
     let handle = HubHandle {
         tx,
+        kiosk_tx,
         liveness,
         report,
         report_tx: Arc::new(report_tx),
     };
-    (handle, Inbox(rx))
+    (handle, Inbox { changes, kiosks })
 }
 
 /// What the hub starts from: the saved state, and where to save it.
@@ -243,7 +270,7 @@ pub fn start(
     info!(epoch = %hub.epoch, "hub started");
     hub.publish_report();
     hub.note_upstream();
-    tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
+    tracker.spawn(hub.run(inbox, shutdown, handle.liveness.clone()));
 }
 
 /// The upstream's state as kiosks are told it in `relay.status`, and since when (RFC 3339):
@@ -287,6 +314,8 @@ struct Hub {
     writer: Option<state_file::Writer>,
     /// The status page's kiosks per room, as last counted.
     board_rooms: board::BoardRooms,
+    /// Snapshots serialised since the mirror last changed, shared by every kiosk that asks.
+    snapshots: subscribe::SnapshotCache,
 }
 
 impl Hub {
@@ -297,6 +326,7 @@ impl Hub {
         report_tx: Arc<watch::Sender<HubReport>>,
     ) -> Self {
         let limits = &config.limits;
+        let mirror_bytes = limits.mirror_bytes;
         Hub {
             mirror: Mirror::new(limits.mirror_items, limits.mirror_bytes),
             ring: ReplayRing::new(limits.replay_events, limits.replay_bytes, 0),
@@ -325,15 +355,15 @@ impl Hub {
             dirty: false,
             writer: None,
             board_rooms: board::BoardRooms::default(),
+            snapshots: subscribe::SnapshotCache::new(mirror_bytes),
         }
     }
 
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        shutdown: CancellationToken,
-        liveness: Arc<Liveness>,
-    ) {
+    async fn run(mut self, inbox: Inbox, shutdown: CancellationToken, liveness: Arc<Liveness>) {
+        let Inbox {
+            changes: mut rx,
+            kiosks: mut kiosk_rx,
+        } = inbox;
         let mut tick = tokio::time::interval(HUB_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist = tokio::time::interval(self.config.persist_interval);
@@ -342,10 +372,12 @@ impl Hub {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // Changes first: a kiosk request is taken only when no change waits.
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
+                Some(command) = kiosk_rx.recv() => self.handle(command),
                 _ = tick.tick() => {
                     self.publish_report();
                     self.publish_board();
@@ -356,7 +388,11 @@ impl Hub {
             self.metrics.hub_queue_depth.set(rx.len() as i64);
         }
         rx.close();
+        kiosk_rx.close();
         while let Ok(command) = rx.try_recv() {
+            self.handle(command);
+        }
+        while let Ok(command) = kiosk_rx.try_recv() {
             self.handle(command);
         }
         // Nothing is emitted after this: the last write holds the last seq, and says so.
@@ -380,7 +416,11 @@ impl Hub {
                 socket,
                 request,
                 ack,
-            } => self.subscribe(socket, request, ack),
+                slot,
+            } => {
+                self.subscribe(socket, request, ack);
+                drop(slot);
+            }
         }
     }
 }
