@@ -318,6 +318,7 @@ where
             }
         };
         stream.set_nodelay(true).ok();
+        connection::limit_send_buffer(&stream);
         let handle = connection::ConnectionHandle::new(upgrades.clone());
         let svc = connection::Tagged::new(svc.clone(), handle.clone());
         let acceptor = tls.as_ref().map(|t| t.acceptor().clone());

@@ -4,7 +4,7 @@
 use futures_util::SinkExt;
 use kiosk_tests::{Kiosk, PATIENCE, Relay, config, hook};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -12,8 +12,20 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// A raw Engine.IO kiosk on `/`, joined and greeted.
 async fn raw_kiosk(relay: &Relay) -> Ws {
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr);
     let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    joined(relay, tcp).await
+}
+
+/// A raw kiosk whose socket takes in little, so that what it does not read stays with the
+/// relay.
+async fn tight_kiosk(relay: &Relay) -> Ws {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    joined(relay, socket.connect(relay.addr).await.expect("connect")).await
+}
+
+async fn joined(relay: &Relay, tcp: TcpStream) -> Ws {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr);
     let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
         .await
         .expect("websocket handshake");
@@ -75,7 +87,12 @@ async fn subscribing_crowds_never_make_the_webhook_refuse_changes() {
     let pad = "x".repeat(1000);
     for key in 0..100 {
         relay
-            .change(&hook("screens", "create", json!(key), json!({ "pad": pad })))
+            .change(&hook(
+                "screens",
+                "create",
+                json!(key),
+                json!({ "pad": pad }),
+            ))
             .await;
     }
     let mut kiosks = Vec::new();
@@ -137,5 +154,123 @@ async fn a_subscribe_naming_too_many_rooms_is_declined_in_words() {
         .await;
     assert_eq!(ack["ok"], true, "within the bound: {ack}");
     kiosk.disconnect().await;
+    relay.stop().await;
+}
+
+/// The value of the metric line that starts with `name`, from `/metrics`.
+async fn metric(relay: &Relay, name: &str) -> f64 {
+    let (_, metrics) = relay.get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Waits, up to PATIENCE, until the metric `name` reads `value`.
+async fn until_metric(relay: &Relay, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = metric(relay, name).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed {now}, not {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// 300 items of 4 KB: a snapshot of about 1.2 MB.
+async fn big_collection(relay: &Relay) {
+    let pad = "x".repeat(4000);
+    for key in 0..300 {
+        relay
+            .change(&hook(
+                "screens",
+                "create",
+                json!(key),
+                json!({ "pad": pad }),
+            ))
+            .await;
+    }
+}
+
+/// With a budget smaller than one snapshot, a kiosk that does not read its snapshot holds
+/// the budget and the next kiosk's subscribe waits; once the first is cut off for not
+/// reading, the second gets its whole snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kiosk_that_does_not_read_its_snapshot_is_cut_off_and_the_next_is_answered() {
+    let relay = Relay::start(&config("[limits]\nsnapshot_bytes = \"256KiB\"")).await;
+    big_collection(&relay).await;
+    let mut stalled = tight_kiosk(&relay).await;
+    stalled
+        .send(Message::text(
+            "420[\"subscribe\",{\"collections\":[\"screens\"]}]",
+        ))
+        .await
+        .expect("subscribe sent");
+    // Its answer is queued and charged before the reader asks.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay, "relay_snapshot_bytes_charged ").await == 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot was never charged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut reader = Kiosk::connect(&relay).await;
+    let answered = tokio::spawn(async move {
+        let ack = reader.subscribe(json!({"collections": ["screens"]})).await;
+        reader.disconnect().await;
+        ack
+    });
+    until_metric(&relay, "relay_subscribes_waiting ", 1.0).await;
+    let ack = answered.await.expect("reader task");
+    assert_eq!(ack["ok"], true, "{ack}");
+    let items = ack["collections"]["screens"]["items"]
+        .as_array()
+        .expect("a snapshot");
+    assert_eq!(items.len(), 300);
+    until_metric(&relay, "relay_subscribes_waiting ", 0.0).await;
+    assert_eq!(
+        metric(&relay, "relay_kiosk_overflows_total ").await,
+        1.0,
+        "the stalled kiosk was cut off"
+    );
+    drop(stalled);
+    relay.stop().await;
+}
+
+/// Twenty kiosks that read subscribe at once for a snapshot larger than half the budget: they
+/// are answered one or two at a time, and every one gets the whole collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_readers_gets_every_snapshot_within_the_budget() {
+    let relay = Relay::start(&config("[limits]\nsnapshot_bytes = \"2MiB\"")).await;
+    big_collection(&relay).await;
+    let mut kiosks = Vec::new();
+    for _ in 0..20 {
+        kiosks.push(Kiosk::connect(&relay).await);
+    }
+    let subscribes: Vec<_> = kiosks
+        .into_iter()
+        .map(|mut kiosk| {
+            tokio::spawn(async move {
+                let ack = kiosk.subscribe(json!({"collections": ["screens"]})).await;
+                kiosk.disconnect().await;
+                ack
+            })
+        })
+        .collect();
+    for subscribe in subscribes {
+        let ack = subscribe.await.expect("kiosk task");
+        assert_eq!(ack["ok"], true, "{ack}");
+        let items = ack["collections"]["screens"]["items"]
+            .as_array()
+            .expect("a snapshot");
+        assert_eq!(items.len(), 300);
+    }
+    until_metric(&relay, "relay_snapshot_bytes_charged ", 0.0).await;
     relay.stop().await;
 }

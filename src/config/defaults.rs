@@ -90,6 +90,9 @@ pub fn kiosk_requests() -> usize {
 pub fn max_subscribe_targets() -> usize {
     64
 }
+pub fn snapshot_bytes() -> usize {
+    16 << 20
+}
 pub fn demo_client_file() -> PathBuf {
     "/usr/share/directus-relay/socket.io.min.js".into()
 }

@@ -56,6 +56,12 @@ pub struct Limits {
     /// with an error that says so.
     #[serde(default = "defaults::max_subscribe_targets")]
     pub max_subscribe_targets: usize,
+    /// Bytes of snapshot answers queued to kiosks and not read yet. Full: a subscribe that
+    /// needs a snapshot waits its turn (in the order kiosks asked); a kiosk that stops reading
+    /// its snapshot is cut off and resumes later. One snapshot larger than this is answered
+    /// alone.
+    #[serde(default = "defaults::snapshot_bytes", with = "byte_size")]
+    pub snapshot_bytes: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +79,7 @@ impl Default for Limits {
             max_event_bytes: defaults::max_event_bytes(),
             kiosk_requests: defaults::kiosk_requests(),
             max_subscribe_targets: defaults::max_subscribe_targets(),
+            snapshot_bytes: defaults::snapshot_bytes(),
         }
     }
 }

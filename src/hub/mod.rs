@@ -25,6 +25,7 @@ mod relay_status;
 pub mod replay;
 pub mod rooms;
 pub mod shape;
+mod snapshot_budget;
 pub mod state_file;
 mod subscribe;
 #[cfg(test)]
@@ -93,7 +94,7 @@ pub enum Command {
 
 impl Command {
     /// Whether the command is a kiosk's request (its own lane), not a change from upstream.
-    fn from_kiosk(&self) -> bool {
+    fn is_kiosk_request(&self) -> bool {
         matches!(self, Command::Connected(_) | Command::Subscribe { .. })
     }
 }
@@ -194,7 +195,7 @@ impl HubHandle {
 
     /// Sends any command into its lane, waiting while that lane is full.
     pub async fn send(&self, command: Command) -> Result<(), Busy> {
-        let lane = if command.from_kiosk() {
+        let lane = if command.is_kiosk_request() {
             &self.kiosk_tx
         } else {
             &self.tx
@@ -316,6 +317,8 @@ struct Hub {
     board_rooms: board::BoardRooms,
     /// Snapshots serialised since the mirror last changed, shared by every kiosk that asks.
     snapshots: subscribe::SnapshotCache,
+    /// Snapshot answers queued to kiosks and not read yet, and the subscribes waiting for room.
+    budget: snapshot_budget::SnapshotBudget,
 }
 
 impl Hub {
@@ -327,6 +330,7 @@ impl Hub {
     ) -> Self {
         let limits = &config.limits;
         let mirror_bytes = limits.mirror_bytes;
+        let snapshot_bytes = limits.snapshot_bytes;
         Hub {
             mirror: Mirror::new(limits.mirror_items, limits.mirror_bytes),
             ring: ReplayRing::new(limits.replay_events, limits.replay_bytes, 0),
@@ -356,6 +360,7 @@ impl Hub {
             writer: None,
             board_rooms: board::BoardRooms::default(),
             snapshots: subscribe::SnapshotCache::new(mirror_bytes),
+            budget: snapshot_budget::SnapshotBudget::new(snapshot_bytes),
         }
     }
 
@@ -368,6 +373,8 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist = tokio::time::interval(self.config.persist_interval);
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget = tokio::time::interval(snapshot_budget::BUDGET_CHECK);
+        budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
@@ -383,6 +390,7 @@ impl Hub {
                     self.publish_board();
                 }
                 _ = persist.tick() => self.save_if_dirty(),
+                _ = budget.tick(), if self.budget.is_busy() => self.check_budget(),
             }
             liveness.beat();
             self.metrics.hub_queue_depth.set(rx.len() as i64);
@@ -417,10 +425,7 @@ impl Hub {
                 request,
                 ack,
                 slot,
-            } => {
-                self.subscribe(socket, request, ack);
-                drop(slot);
-            }
+            } => self.subscribe(socket, request, ack, slot),
         }
     }
 }

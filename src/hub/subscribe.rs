@@ -15,6 +15,7 @@ use tracing::debug;
 use super::deliver::CutOff;
 use super::event::Event;
 use super::rooms;
+use super::snapshot_budget::Waiting;
 use super::{Hub, Room};
 use crate::config::CollectionConfig;
 use crate::kiosk::access::Access;
@@ -135,8 +136,7 @@ impl Drop for SubscribeSlot {
 }
 
 /// What a kiosk that subscribes again before its first subscribe is answered is told.
-pub const SUBSCRIBE_IN_PROGRESS: &str =
-    "a subscribe from this kiosk is still being answered: wait for its answer before sending another";
+pub const SUBSCRIBE_IN_PROGRESS: &str = "a subscribe from this kiosk is still being answered: wait for its answer before sending another";
 
 /// Snapshots as kiosks receive them, serialised once per target (collection or routed room)
 /// and shared by every kiosk that asks for it until the mirror changes: a crowd of screens
@@ -206,7 +206,43 @@ impl Hub {
         socket: SocketRef,
         request: SubscribeRequest,
         ack: AckSender,
+        slot: SubscribeSlot,
     ) {
+        let asked = Waiting {
+            socket,
+            request,
+            ack,
+            slot,
+        };
+        if let Some(waiting) = self.answer(asked, false) {
+            self.metrics.subscribes_waiting.inc();
+            self.budget.wait(waiting);
+        }
+    }
+
+    /// Answers the subscribes that waited for room in the snapshot budget, in the order they
+    /// came, while there is room.
+    pub(super) fn answer_waiting(&mut self) {
+        while let Some(waiting) = self.budget.next_waiting() {
+            self.metrics.subscribes_waiting.dec();
+            if let Some(waiting) = self.answer(waiting, true) {
+                self.metrics.subscribes_waiting.inc();
+                self.budget.wait_first(waiting);
+                break;
+            }
+        }
+    }
+
+    /// Answers a subscribe: an ack with a replay or a snapshot, then the replayed events. A
+    /// snapshot that the budget cannot take now is handed back, to wait (`queued`: it has
+    /// waited already, and only needs to fit).
+    fn answer(&mut self, asked: Waiting, queued: bool) -> Option<Waiting> {
+        let Waiting {
+            socket,
+            request,
+            ack,
+            slot,
+        } = asked;
         // socketioxide sends the connect packet before it marks the socket connected, so a
         // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
         let gone = !socket.connected()
@@ -216,15 +252,19 @@ impl Hub {
                 .and_then(|ns| ns.get_socket(socket.id))
                 .is_none();
         if socket.extensions.get::<CutOff>().is_some() || gone {
-            return;
+            return None;
         }
         let targets = match self.targets(&socket, &request) {
             Ok(targets) => targets,
-            Err(declined) => return self.decline(ack, declined),
+            Err(declined) => {
+                self.decline(ack, declined);
+                return None;
+            }
         };
         let replay = self.replay_for(&request, &targets);
         let mut collections = BTreeMap::new();
         let mut routed = Vec::new();
+        let mut snapshot_bytes = 0;
         for target in &targets {
             let entry = match &replay {
                 Some(events) => ack_entry(
@@ -236,11 +276,28 @@ impl Hub {
                 ),
                 None => self.shared_snapshot(target),
             };
+            if replay.is_none() {
+                snapshot_bytes += entry.get().len();
+            }
             match &target.room {
                 None => {
                     collections.insert(target.collection.as_str(), Shared(entry));
                 }
                 Some(_) => routed.push(Shared(entry)),
+            }
+        }
+        if replay.is_none() {
+            let room = match queued {
+                true => self.budget.fits_now(snapshot_bytes),
+                false => self.budget.admits(snapshot_bytes),
+            };
+            if !room {
+                return Some(Waiting {
+                    socket,
+                    request,
+                    ack,
+                    slot,
+                });
             }
         }
         let outcome = if replay.is_some() {
@@ -268,12 +325,41 @@ impl Hub {
             seq: self.seq,
         };
         if let Err(e) = ack.send(&ack_body) {
-            return self.send_failed(&socket, e);
+            self.send_failed(&socket, e);
+            return None;
+        }
+        if replay.is_none() {
+            self.budget
+                .charge(&socket, snapshot_bytes, tokio::time::Instant::now());
+            self.note_budget();
         }
         for event in replay.into_iter().flatten() {
             self.send(&socket, &event);
         }
         debug!(sid = %socket.id, outcome, "kiosk subscribed");
+        drop(slot);
+        None
+    }
+
+    /// Looks at what kiosks have read of their snapshots: frees what was read, cuts off the
+    /// kiosks that stopped reading, and answers the subscribes that waited.
+    pub(super) fn check_budget(&mut self) {
+        let checked = self.budget.check(tokio::time::Instant::now());
+        for (socket, stalled) in checked.stalled {
+            self.cut_off_stalled(&socket, stalled);
+        }
+        let before = self.budget.waiting();
+        self.budget.forget_gone();
+        let gone = before - self.budget.waiting();
+        self.metrics.subscribes_waiting.dec_by(gone as i64);
+        self.answer_waiting();
+        self.note_budget();
+    }
+
+    fn note_budget(&self) {
+        self.metrics
+            .snapshot_bytes_charged
+            .set(self.budget.charged() as i64);
     }
 
     /// What a subscribe asks for, checked against the relayed collections, their routed
@@ -559,9 +645,15 @@ mod tests {
         };
         let first = hub.shared_snapshot(&screens);
         let second = hub.shared_snapshot(&screens);
-        assert!(Arc::ptr_eq(&first, &second), "the second kiosk shares the bytes");
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "the second kiosk shares the bytes"
+        );
         let body: serde_json::Value = serde_json::from_str(first.get()).expect("JSON");
-        assert_eq!(body, json!({"mode": "snapshot", "items": [{"id": 1, "name": "Lobby"}]}));
+        assert_eq!(
+            body,
+            json!({"mode": "snapshot", "items": [{"id": 1, "name": "Lobby"}]})
+        );
 
         hub.apply(change(
             "screens",

@@ -21,7 +21,9 @@ use tracing::{debug, info, warn};
 use super::access::{Access, Gate, Refused};
 use crate::config::{Config, Limits};
 use crate::hub::shape::Shapes;
-use crate::hub::{self, Command, HubHandle, SUBSCRIBE_IN_PROGRESS, SubscribeRequest, SubscribeSlot};
+use crate::hub::{
+    self, Command, HubHandle, SUBSCRIBE_IN_PROGRESS, SubscribeRequest, SubscribeSlot,
+};
 use crate::metrics::{self, Metrics};
 
 /// How much of a kiosk's WebSocket tungstenite reads at once. Every kiosk keeps a buffer of
