@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,9 +39,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::config::SEND_BUFFER;
+
 /// Connections that carry an upgraded WebSocket, remembered at once. More than a relay serves;
 /// past it a cut-off kiosk that upgraded from polling gets a Socket.IO disconnect instead.
 pub const MAX_UPGRADED: usize = 65_536;
+
+/// Sets an accepted connection's kernel send buffer to [`SEND_BUFFER`]. Best effort: on
+/// failure the kernel's default stays.
+pub fn limit_send_buffer(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_send_buffer_size(SEND_BUFFER)
+        .ok();
+}
 
 /// The path under which Socket.IO is served.
 const SOCKET_IO_PATH: &str = "/socket.io";
@@ -66,6 +76,9 @@ struct Switch {
     /// The session id this connection registered under in [`Upgrades`].
     upgraded: Mutex<Option<String>>,
     activity: Mutex<Activity>,
+    /// Bytes handed to the operating system so far: how far a kiosk has read what it was
+    /// sent (the hub's snapshot budget watches it).
+    written: AtomicU64,
 }
 
 /// What a connection is doing, for its timeouts and for the cap on connections.
@@ -95,6 +108,7 @@ impl ConnectionHandle {
                     served: false,
                     websocket: false,
                 }),
+                written: AtomicU64::new(0),
             }),
             upgrades,
             peer: None,
@@ -246,24 +260,32 @@ impl Upgrades {
 /// `false` when there is none to close: a polling kiosk, or a connection accepted outside
 /// [`crate::http::Server`].
 pub fn close_transport(socket: &SocketRef) -> bool {
-    if socket.transport_type() != TransportType::Websocket {
-        return false;
-    }
-    let parts = socket.req_parts();
-    let Some(opened_on) = parts.extensions.get::<ConnectionHandle>() else {
-        return false;
-    };
-    let connection = if query_param(parts.uri.query(), "transport") == Some("websocket") {
-        Some(opened_on.clone())
-    } else {
-        opened_on.upgrades.find(&socket.id.to_string())
-    };
-    match connection {
+    match websocket_connection(socket) {
         Some(connection) if !connection.is_closed() => {
             connection.close();
             true
         }
         _ => false,
+    }
+}
+
+/// Bytes the connection carrying `socket`'s WebSocket has handed to the operating system so
+/// far; `None` for a polling kiosk, or a connection accepted outside [`crate::http::Server`].
+pub fn bytes_written(socket: &SocketRef) -> Option<u64> {
+    websocket_connection(socket).map(|c| c.switch.written.load(Ordering::Relaxed))
+}
+
+/// The connection that carries `socket`'s WebSocket, if it has one.
+fn websocket_connection(socket: &SocketRef) -> Option<ConnectionHandle> {
+    if socket.transport_type() != TransportType::Websocket {
+        return None;
+    }
+    let parts = socket.req_parts();
+    let opened_on = parts.extensions.get::<ConnectionHandle>()?;
+    if query_param(parts.uri.query(), "transport") == Some("websocket") {
+        Some(opened_on.clone())
+    } else {
+        opened_on.upgrades.find(&socket.id.to_string())
     }
 }
 
@@ -511,6 +533,17 @@ impl Killable {
         self.closed()
     }
 
+    /// Counts what a write handed to the operating system.
+    fn count(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &written {
+            self.connection
+                .switch
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
     /// Runs one IO operation unless the connection is closed; when it waits, waits for the
     /// close too.
     fn guard<T>(
@@ -555,8 +588,9 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .guard(cx, true, |io, cx| io.poll_write(cx, buf))
+        let this = self.get_mut();
+        let written = this.guard(cx, true, |io, cx| io.poll_write(cx, buf));
+        this.count(written)
     }
 
     fn poll_write_vectored(
@@ -564,8 +598,9 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .guard(cx, true, |io, cx| io.poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let written = this.guard(cx, true, |io, cx| io.poll_write_vectored(cx, bufs));
+        this.count(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub webhook_rejects: Family<ReasonLabels, Counter>,
     /// Commands waiting in the hub's inbox.
     pub hub_queue_depth: Gauge,
+    /// Bytes of snapshot answers queued to kiosks and not read yet (`limits.snapshot_bytes`).
+    pub snapshot_bytes_charged: Gauge,
+    /// Subscribes waiting for room in the snapshot budget.
+    pub subscribes_waiting: Gauge,
     /// The seq of the newest event.
     pub seq: Gauge,
     pub replay_events: Gauge,
@@ -122,6 +126,8 @@ impl Metrics {
             room_changes: AtomicU64::new(0),
             webhook_rejects: Family::default(),
             hub_queue_depth: Gauge::default(),
+            snapshot_bytes_charged: Gauge::default(),
+            subscribes_waiting: Gauge::default(),
             seq: Gauge::default(),
             replay_events: Gauge::default(),
             replay_bytes: Gauge::default(),
@@ -196,6 +202,16 @@ impl Metrics {
             "hub_queue_depth",
             "Commands waiting for the hub",
             m.hub_queue_depth.clone(),
+        );
+        registry.register(
+            "snapshot_bytes_charged",
+            "Bytes of snapshot answers queued to kiosks and not read yet (limits.snapshot_bytes)",
+            m.snapshot_bytes_charged.clone(),
+        );
+        registry.register(
+            "subscribes_waiting",
+            "Subscribes waiting for room in the snapshot budget",
+            m.subscribes_waiting.clone(),
         );
         registry.register("seq", "Seq of the newest event", m.seq.clone());
         registry.register(

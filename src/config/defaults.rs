@@ -93,6 +93,15 @@ pub fn header_timeout() -> Duration {
 pub fn idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+pub fn kiosk_requests() -> usize {
+    256
+}
+pub fn max_subscribe_targets() -> usize {
+    64
+}
+pub fn snapshot_bytes() -> usize {
+    16 << 20
+}
 pub fn demo_client_file() -> PathBuf {
     "/usr/share/directus-relay/socket.io.min.js".into()
 }

@@ -17,6 +17,14 @@ pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 /// not kiosks (the webhook, `/healthz`, `/metrics`, a polling kiosk's second connection).
 pub const CONNECTION_HEADROOM: usize = 64;
 
+/// The kernel's send buffer of every accepted connection (`SO_SNDBUF`; Linux doubles the
+/// figure asked for), instead of letting it grow to `net.ipv4.tcp_wmem`'s 4 MiB: what a kiosk
+/// does not read stays in the relay's own bounded queues, where it is counted, and the kernel
+/// holds at most 32 KiB per connection (socket buffers count against the unit's `MemoryMax`).
+/// That still sends 3 MB/s over a Wi-Fi round trip of 10 ms, and ten times that on a wired
+/// LAN. Fixed, not a key; counted in [`Limits::memory_budget_bytes`].
+pub const SEND_BUFFER: usize = 16 << 10;
+
 /// Descriptors the relay needs besides its connections: the listener, the state file and its
 /// temporary copy, connections to Directus, the runtime's own (epoll, eventfd), stdio.
 pub const OTHER_DESCRIPTORS: u64 = 64;
@@ -77,6 +85,21 @@ pub struct Limits {
     /// one is closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Kiosk requests (a connected kiosk's status, a subscribe) waiting for the hub, in a queue
+    /// of their own so that changes never wait behind them. Full: a kiosk's request waits its
+    /// turn (each kiosk has at most one subscribe in progress, so at most `max_clients` wait).
+    #[serde(default = "defaults::kiosk_requests")]
+    pub kiosk_requests: usize,
+    /// Collections and routed rooms one subscribe may name. More: the subscribe is declined
+    /// with an error that says so.
+    #[serde(default = "defaults::max_subscribe_targets")]
+    pub max_subscribe_targets: usize,
+    /// Bytes of snapshot answers queued to kiosks and not read yet. Full: a subscribe that
+    /// needs a snapshot waits its turn (in the order kiosks asked); a kiosk that stops reading
+    /// its snapshot is cut off and resumes later. One snapshot larger than this is answered
+    /// alone.
+    #[serde(default = "defaults::snapshot_bytes", with = "byte_size")]
+    pub snapshot_bytes: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +120,9 @@ impl Default for Limits {
             header_timeout: defaults::header_timeout(),
             idle_timeout: defaults::idle_timeout(),
             max_connections: None,
+            kiosk_requests: defaults::kiosk_requests(),
+            max_subscribe_targets: defaults::max_subscribe_targets(),
+            snapshot_bytes: defaults::snapshot_bytes(),
         }
     }
 }
@@ -109,6 +135,9 @@ impl Limits {
         const KIOSK: u64 = (21 + 140) << 10;
         const PENDING_SESSION: u64 = 11 << 10;
         const CONNECTION: u64 = 16 << 10;
+        // What the kernel holds for a kiosk that falls behind (twice `SO_SNDBUF`): not RSS,
+        // but counted by the unit's memory cgroup.
+        const KERNEL_SEND_BUFFER: u64 = 2 * SEND_BUFFER as u64;
         8 * MIB
             + KIOSK * self.max_clients as u64
             + PENDING_SESSION * self.max_pending_sessions() as u64
@@ -117,6 +146,9 @@ impl Limits {
             + self.replay_bytes as u64
             + (self.kiosk_queue * self.max_event_bytes) as u64
             + 3 * MAX_RESPONSE_BYTES as u64
+            + self.snapshot_bytes.max(self.mirror_bytes) as u64
+            + self.mirror_bytes as u64
+            + KERNEL_SEND_BUFFER * self.max_clients as u64
     }
 
     /// `max_pending_sessions`, or `max_clients` when it is not set.
@@ -158,6 +190,6 @@ mod tests {
         assert_eq!(limits.max_pending_sessions(), 500);
         assert_eq!(limits.max_connections(), 1064);
         let mib = limits.memory_budget_bytes() as f64 / (1u64 << 20) as f64;
-        assert_eq!(mib.round(), 325.0, "{mib} MiB");
+        assert_eq!(mib.round(), 372.0, "{mib} MiB");
     }
 }

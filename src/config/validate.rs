@@ -169,7 +169,7 @@ impl Config {
     /// Every bound at or above its minimum.
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let minimums: [(&str, usize, usize); 10] = [
+        let minimums: [(&str, usize, usize); 13] = [
             ("limits.max_clients", l.max_clients, 1),
             ("limits.hub_inbox", l.hub_inbox, 1),
             ("limits.replay_events", l.replay_events, 1),
@@ -180,6 +180,9 @@ impl Config {
             ("limits.kiosk_queue", l.kiosk_queue, 16),
             ("limits.max_message_bytes", l.max_message_bytes, 1024),
             ("limits.max_event_bytes", l.max_event_bytes, 1024),
+            ("limits.kiosk_requests", l.kiosk_requests, 1),
+            ("limits.max_subscribe_targets", l.max_subscribe_targets, 1),
+            ("limits.snapshot_bytes", l.snapshot_bytes, 1024),
         ];
         for (key, value, min) in minimums {
             if value < min {

@@ -276,15 +276,35 @@ impl Hub {
         if socket.extensions.get::<CutOff>().is_some() {
             return;
         }
-        socket.extensions.insert(CutOff);
-        socket.leave_all();
-        self.metrics.note_room_change();
-        self.metrics.kiosk_overflows.inc();
         warn!(
             sid = %socket.id,
             queue = self.config.limits.kiosk_queue,
             "kiosk is not reading fast enough (its queue of limits.kiosk_queue packets is full); disconnecting it so it resumes without gaps"
         );
+        self.disconnect_kiosk(socket);
+    }
+
+    /// Cuts off a kiosk that stopped reading its snapshot, so that what was queued for it is
+    /// freed and kiosks waiting for theirs get their turn.
+    pub(super) fn cut_off_stalled(&self, socket: &SocketRef, stalled: Duration) {
+        if socket.extensions.get::<CutOff>().is_some() {
+            return;
+        }
+        warn!(
+            sid = %socket.id,
+            stalled_secs = stalled.as_secs(),
+            "kiosk stopped reading its snapshot; disconnecting it so that it resumes later and other kiosks get theirs"
+        );
+        self.disconnect_kiosk(socket);
+    }
+
+    /// Closes a kiosk's transport (it reconnects and resumes), or disconnects it where it
+    /// has none of its own.
+    fn disconnect_kiosk(&self, socket: &SocketRef) {
+        socket.extensions.insert(CutOff);
+        socket.leave_all();
+        self.metrics.note_room_change();
+        self.metrics.kiosk_overflows.inc();
         let closed = crate::connection::close_transport(socket);
         let socket = socket.clone();
         tokio::spawn(async move {

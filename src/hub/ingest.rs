@@ -30,6 +30,8 @@ impl Outcome {
 
 impl Hub {
     pub(super) fn apply(&mut self, change: Change) {
+        // The mirror may change: snapshots serialised before no longer hold.
+        self.snapshots.clear();
         let collection = change.collection.as_str();
         self.metrics
             .changes_in
@@ -103,6 +105,7 @@ impl Hub {
     /// Replaces known records with current ones: new keys are created, changed ones updated,
     /// vanished ones deleted; what kiosks already have is not sent again.
     pub(super) fn sync(&mut self, sync: CurrentRecords) {
+        self.snapshots.clear();
         let collection = sync.collection.as_str();
         let Some(settings) = self.config.collection(collection) else {
             return;

@@ -1,9 +1,12 @@
 //! The hub: the one task that owns `epoch`, `seq`, the mirror and the replay ring, and the only
 //! place that emits to kiosks.
 //!
-//! Everything reaches it as a [`Command`] through one bounded inbox, so a change, a kiosk's
-//! subscribe and its replay are handled one after the other: a subscribing kiosk gets its ack,
-//! then the replayed events, then the live stream, without gap or duplicate.
+//! Everything reaches it as a [`Command`], handled one after the other, so a subscribing kiosk
+//! gets its ack, then the replayed events, then the live stream, without gap or duplicate.
+//! Commands come through two bounded lanes: changes from upstream (`limits.hub_inbox`) and
+//! kiosk requests (`limits.kiosk_requests`). The hub always takes a waiting change first, so
+//! kiosks that connect or subscribe in a crowd never make the webhook answer 503 or delay live
+//! events by more than the one kiosk request being answered.
 //!
 //! This file holds the hub's state, its inbox and its loop. What it does with a command is in
 //! child modules, each an `impl Hub` for one job: `ingest` (changes in), `deliver` (events
@@ -22,6 +25,7 @@ mod relay_status;
 pub mod replay;
 pub mod rooms;
 pub mod shape;
+mod snapshot_budget;
 pub mod state_file;
 mod subscribe;
 #[cfg(test)]
@@ -48,7 +52,9 @@ use event::{Change, CurrentRecords};
 use mirror::{Fingerprints, Mirror};
 use replay::ReplayRing;
 use shape::Shapes;
-pub use subscribe::{Filtered, Since, SubscribeRequest, Wanted};
+pub use subscribe::{
+    Filtered, SUBSCRIBE_IN_PROGRESS, Since, SubscribeRequest, SubscribeSlot, Wanted,
+};
 
 /// The room every kiosk is in until it subscribes: it receives every collection, as with the
 /// Directus hook extension.
@@ -85,7 +91,16 @@ pub enum Command {
         socket: SocketRef,
         request: SubscribeRequest,
         ack: AckSender,
+        /// The kiosk's one subscribe in progress, freed once this one is answered.
+        slot: SubscribeSlot,
     },
+}
+
+impl Command {
+    /// Whether the command is a kiosk's request (its own lane), not a change from upstream.
+    fn is_kiosk_request(&self) -> bool {
+        matches!(self, Command::Connected(_) | Command::Subscribe { .. })
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -167,7 +182,10 @@ impl Liveness {
 /// The way to reach the hub. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HubHandle {
+    /// Changes from upstream (`limits.hub_inbox`).
     tx: mpsc::Sender<Command>,
+    /// Kiosk requests (`limits.kiosk_requests`).
+    kiosk_tx: mpsc::Sender<Command>,
     liveness: Arc<Liveness>,
     report: watch::Receiver<HubReport>,
     report_tx: Arc<watch::Sender<HubReport>>,
@@ -184,9 +202,14 @@ impl HubHandle {
         self.send(Command::Apply(change)).await
     }
 
-    /// Sends any command, waiting while the inbox is full.
+    /// Sends any command into its lane, waiting while that lane is full.
     pub async fn send(&self, command: Command) -> Result<(), Busy> {
-        self.tx.send(command).await.map_err(|_| Busy::Stopped)
+        let lane = if command.is_kiosk_request() {
+            &self.kiosk_tx
+        } else {
+            &self.tx
+        };
+        lane.send(command).await.map_err(|_| Busy::Stopped)
     }
 
     pub fn liveness(&self) -> &Liveness {
@@ -198,30 +221,35 @@ impl HubHandle {
         self.report.borrow().clone()
     }
 
-    /// Commands waiting in the inbox.
+    /// Changes waiting in the inbox.
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }
 
-/// The hub's inbox, handed to [`start`].
+/// The hub's two lanes, handed to [`start`].
 #[derive(Debug)]
-pub struct Inbox(mpsc::Receiver<Command>);
+pub struct Inbox {
+    changes: mpsc::Receiver<Command>,
+    kiosks: mpsc::Receiver<Command>,
+}
 
-/// Creates the hub's bounded inbox (`limits.hub_inbox`) and the handle to reach it, before the
-/// parts the hub needs exist.
+/// Creates the hub's bounded lanes (`limits.hub_inbox`, `limits.kiosk_requests`) and the
+/// handle to reach them, before the parts the hub needs exist.
 pub fn channel(config: &Config) -> (HubHandle, Inbox) {
-    let (tx, rx) = mpsc::channel(config.limits.hub_inbox);
+    let (tx, changes) = mpsc::channel(config.limits.hub_inbox);
+    let (kiosk_tx, kiosks) = mpsc::channel(config.limits.kiosk_requests);
     let liveness = Arc::new(Liveness::new());
     liveness.beat();
     let (report_tx, report) = watch::channel(HubReport::default());
     let handle = HubHandle {
         tx,
+        kiosk_tx,
         liveness,
         report,
         report_tx: Arc::new(report_tx),
     };
-    (handle, Inbox(rx))
+    (handle, Inbox { changes, kiosks })
 }
 
 /// What the hub starts from: the saved state, and where to save it.
@@ -252,7 +280,7 @@ pub fn start(
     info!(epoch = %hub.epoch, "hub started");
     hub.publish_report();
     hub.note_upstream();
-    tracker.spawn(hub.run(inbox.0, shutdown, handle.liveness.clone()));
+    tracker.spawn(hub.run(inbox, shutdown, handle.liveness.clone()));
 }
 
 /// The upstream's state as kiosks are told it in `relay.status`, and since when (RFC 3339):
@@ -299,6 +327,10 @@ struct Hub {
     writer: Option<state_file::Writer>,
     /// The status page's kiosks per room, as last counted.
     board_rooms: board::BoardRooms,
+    /// Snapshots serialised since the mirror last changed, shared by every kiosk that asks.
+    snapshots: subscribe::SnapshotCache,
+    /// Snapshot answers queued to kiosks and not read yet, and the subscribes waiting for room.
+    budget: snapshot_budget::SnapshotBudget,
 }
 
 impl Hub {
@@ -309,6 +341,8 @@ impl Hub {
         report_tx: Arc<watch::Sender<HubReport>>,
     ) -> Self {
         let limits = &config.limits;
+        let mirror_bytes = limits.mirror_bytes;
+        let snapshot_bytes = limits.snapshot_bytes;
         Hub {
             mirror: Mirror::new(limits.mirror_items, limits.mirror_bytes),
             ring: ReplayRing::new(limits.replay_events, limits.replay_bytes, 0),
@@ -338,38 +372,48 @@ impl Hub {
             dirty: false,
             writer: None,
             board_rooms: board::BoardRooms::default(),
+            snapshots: subscribe::SnapshotCache::new(mirror_bytes),
+            budget: snapshot_budget::SnapshotBudget::new(snapshot_bytes),
         }
     }
 
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        shutdown: CancellationToken,
-        liveness: Arc<Liveness>,
-    ) {
+    async fn run(mut self, inbox: Inbox, shutdown: CancellationToken, liveness: Arc<Liveness>) {
+        let Inbox {
+            changes: mut rx,
+            kiosks: mut kiosk_rx,
+        } = inbox;
         let mut tick = tokio::time::interval(HUB_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist = tokio::time::interval(self.config.persist_interval);
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget = tokio::time::interval(snapshot_budget::BUDGET_CHECK);
+        budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // Changes first: a kiosk request is taken only when no change waits.
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
+                Some(command) = kiosk_rx.recv() => self.handle(command),
                 _ = tick.tick() => {
                     self.publish_report();
                     self.publish_board();
                 }
                 _ = persist.tick() => self.save_if_dirty(),
+                _ = budget.tick(), if self.budget.is_busy() => self.check_budget(),
             }
             liveness.beat();
             self.metrics.hub_queue_depth.set(rx.len() as i64);
         }
         rx.close();
+        kiosk_rx.close();
         while let Ok(command) = rx.try_recv() {
+            self.handle(command);
+        }
+        while let Ok(command) = kiosk_rx.try_recv() {
             self.handle(command);
         }
         // Nothing is emitted after this: the last write holds the last seq, and says so.
@@ -400,7 +444,8 @@ impl Hub {
                 socket,
                 request,
                 ack,
-            } => self.subscribe(socket, request, ack),
+                slot,
+            } => self.subscribe(socket, request, ack, slot),
         }
     }
 }

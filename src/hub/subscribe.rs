@@ -2,9 +2,12 @@
 //! snapshot or the events it missed (a replay).
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{AckSender, SocketRef};
 use tracing::debug;
@@ -12,6 +15,7 @@ use tracing::debug;
 use super::deliver::CutOff;
 use super::event::Event;
 use super::rooms;
+use super::snapshot_budget::Waiting;
 use super::{Hub, Room};
 use crate::config::CollectionConfig;
 use crate::kiosk::access::Access;
@@ -93,13 +97,152 @@ impl Declined {
 #[derive(Debug, Clone, Copy)]
 struct Subscribed;
 
+/// A kiosk's one subscribe in progress. The kiosk server takes it before it hands a subscribe
+/// to the hub, and a kiosk that asks again before it is answered is told to wait: however
+/// many subscribes a kiosk sends, the hub holds at most one of its answers at a time. Freed
+/// when dropped, once the hub answered (or could not).
+#[derive(Debug)]
+pub struct SubscribeSlot(Arc<AtomicBool>);
+
+/// The flag behind a kiosk's [`SubscribeSlot`], kept in its socket's extensions.
+#[derive(Debug, Clone, Default)]
+struct SlotFlag(Arc<AtomicBool>);
+
+impl SlotFlag {
+    fn take(&self) -> Option<SubscribeSlot> {
+        self.0
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| SubscribeSlot(self.0.clone()))
+    }
+}
+
+impl SubscribeSlot {
+    /// The kiosk's slot, or `None` while one of its subscribes is still being answered.
+    pub fn take(socket: &SocketRef) -> Option<SubscribeSlot> {
+        let flag = socket.extensions.get::<SlotFlag>().unwrap_or_else(|| {
+            let flag = SlotFlag::default();
+            socket.extensions.insert(flag.clone());
+            flag
+        });
+        flag.take()
+    }
+}
+
+impl Drop for SubscribeSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// What a kiosk that subscribes again before its first subscribe is answered is told.
+pub const SUBSCRIBE_IN_PROGRESS: &str = "a subscribe from this kiosk is still being answered: wait for its answer before sending another";
+
+/// Snapshots as kiosks receive them, serialised once per target (collection or routed room)
+/// and shared by every kiosk that asks for it until the mirror changes: a crowd of screens
+/// that power on together costs one serialisation, not one each. Holds at most `max_bytes`
+/// (`limits.mirror_bytes`); past that, snapshots are serialised for each kiosk as before.
+#[derive(Debug)]
+pub(super) struct SnapshotCache {
+    entries: HashMap<String, Arc<RawValue>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl SnapshotCache {
+    pub(super) fn new(max_bytes: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Forgets every snapshot: the mirror is about to change.
+    pub(super) fn clear(&mut self) {
+        if !self.entries.is_empty() {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+    }
+
+    fn get(&self, room: &str) -> Option<Arc<RawValue>> {
+        self.entries.get(room).cloned()
+    }
+
+    fn keep(&mut self, room: String, entry: &Arc<RawValue>) {
+        let size = entry.get().len();
+        if self.bytes + size <= self.max_bytes {
+            self.bytes += size;
+            self.entries.insert(room, entry.clone());
+        }
+    }
+}
+
+/// A subscribe's ack. Fields in the order a JSON map gives them (alphabetical), so the bytes
+/// are those kiosks always received; each target's entry is serialised JSON, shared.
+#[derive(Serialize)]
+struct Ack<'a> {
+    collections: BTreeMap<&'a str, Shared>,
+    epoch: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rooms: Vec<Shared>,
+    seq: u64,
+}
+
+/// Serialised JSON shared between acks, written as it is.
+struct Shared(Arc<RawValue>);
+
+impl Serialize for Shared {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 impl Hub {
     pub(super) fn subscribe(
         &mut self,
         socket: SocketRef,
         request: SubscribeRequest,
         ack: AckSender,
+        slot: SubscribeSlot,
     ) {
+        let asked = Waiting {
+            socket,
+            request,
+            ack,
+            slot,
+        };
+        if let Some(waiting) = self.answer(asked, false) {
+            self.metrics.subscribes_waiting.inc();
+            self.budget.wait(waiting);
+        }
+    }
+
+    /// Answers the subscribes that waited for room in the snapshot budget, in the order they
+    /// came, while there is room.
+    pub(super) fn answer_waiting(&mut self) {
+        while let Some(waiting) = self.budget.next_waiting() {
+            self.metrics.subscribes_waiting.dec();
+            if let Some(waiting) = self.answer(waiting, true) {
+                self.metrics.subscribes_waiting.inc();
+                self.budget.wait_first(waiting);
+                break;
+            }
+        }
+    }
+
+    /// Answers a subscribe: an ack with a replay or a snapshot, then the replayed events. A
+    /// snapshot that the budget cannot take now is handed back, to wait (`queued`: it has
+    /// waited already, and only needs to fit).
+    fn answer(&mut self, asked: Waiting, queued: bool) -> Option<Waiting> {
+        let Waiting {
+            socket,
+            request,
+            ack,
+            slot,
+        } = asked;
         // socketioxide sends the connect packet before it marks the socket connected, so a
         // kiosk that subscribes on `connect` can be heard first; it is in the namespace then.
         let gone = !socket.connected()
@@ -109,32 +252,52 @@ impl Hub {
                 .and_then(|ns| ns.get_socket(socket.id))
                 .is_none();
         if socket.extensions.get::<CutOff>().is_some() || gone {
-            return;
+            return None;
         }
         let targets = match self.targets(&socket, &request) {
             Ok(targets) => targets,
-            Err(declined) => return self.decline(ack, declined),
+            Err(declined) => {
+                self.decline(ack, declined);
+                return None;
+            }
         };
         let replay = self.replay_for(&request, &targets);
-        let mut collections = Map::new();
+        let mut collections = BTreeMap::new();
         let mut routed = Vec::new();
+        let mut snapshot_bytes = 0;
         for target in &targets {
-            let mut entry = match &replay {
-                Some(events) => json!({
-                    "mode": "replay",
-                    "events": events.iter().filter(|e| target.matches(e)).count(),
-                }),
-                None => self.snapshot(target),
+            let entry = match &replay {
+                Some(events) => ack_entry(
+                    target,
+                    json!({
+                        "mode": "replay",
+                        "events": events.iter().filter(|e| target.matches(e)).count(),
+                    }),
+                ),
+                None => self.shared_snapshot(target),
             };
+            if replay.is_none() {
+                snapshot_bytes += entry.get().len();
+            }
             match &target.room {
                 None => {
-                    collections.insert(target.collection.clone(), entry);
+                    collections.insert(target.collection.as_str(), Shared(entry));
                 }
-                Some(room) => {
-                    entry["collection"] = json!(target.collection);
-                    entry["where"] = room.filter.clone();
-                    routed.push(entry);
-                }
+                Some(_) => routed.push(Shared(entry)),
+            }
+        }
+        if replay.is_none() {
+            let room = match queued {
+                true => self.budget.fits_now(snapshot_bytes),
+                false => self.budget.admits(snapshot_bytes),
+            };
+            if !room {
+                return Some(Waiting {
+                    socket,
+                    request,
+                    ack,
+                    slot,
+                });
             }
         }
         let outcome = if replay.is_some() {
@@ -154,22 +317,49 @@ impl Hub {
         }
         socket.join(targets.iter().map(Target::room_name).collect::<Vec<_>>());
         self.metrics.note_room_change();
-        let mut ack_body = json!({
-            "ok": true,
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "collections": collections,
-        });
-        if !routed.is_empty() {
-            ack_body["rooms"] = Value::Array(routed);
-        }
+        let ack_body = Ack {
+            collections,
+            epoch: &self.epoch,
+            ok: true,
+            rooms: routed,
+            seq: self.seq,
+        };
         if let Err(e) = ack.send(&ack_body) {
-            return self.send_failed(&socket, e);
+            self.send_failed(&socket, e);
+            return None;
+        }
+        if replay.is_none() {
+            self.budget
+                .charge(&socket, snapshot_bytes, tokio::time::Instant::now());
+            self.note_budget();
         }
         for event in replay.into_iter().flatten() {
             self.send(&socket, &event);
         }
         debug!(sid = %socket.id, outcome, "kiosk subscribed");
+        drop(slot);
+        None
+    }
+
+    /// Looks at what kiosks have read of their snapshots: frees what was read, cuts off the
+    /// kiosks that stopped reading, and answers the subscribes that waited.
+    pub(super) fn check_budget(&mut self) {
+        let checked = self.budget.check(tokio::time::Instant::now());
+        for (socket, stalled) in checked.stalled {
+            self.cut_off_stalled(&socket, stalled);
+        }
+        let before = self.budget.waiting();
+        self.budget.forget_gone();
+        let gone = before - self.budget.waiting();
+        self.metrics.subscribes_waiting.dec_by(gone as i64);
+        self.answer_waiting();
+        self.note_budget();
+    }
+
+    fn note_budget(&self) {
+        self.metrics
+            .snapshot_bytes_charged
+            .set(self.budget.charged() as i64);
     }
 
     /// What a subscribe asks for, checked against the relayed collections, their routed
@@ -183,6 +373,16 @@ impl Hub {
             return Err(Declined::new(
                 "invalid",
                 "subscribe needs \"collections\": a list of collection names".into(),
+            ));
+        }
+        let most = self.config.limits.max_subscribe_targets;
+        if request.collections.len() > most {
+            return Err(Declined::new(
+                "too-many-targets",
+                format!(
+                    "one subscribe may name at most {most} collections and rooms (limits.max_subscribe_targets); this one names {}",
+                    request.collections.len()
+                ),
             ));
         }
         let access = socket.extensions.get::<Access>();
@@ -246,6 +446,18 @@ impl Hub {
         Ok(targets)
     }
 
+    /// A target's snapshot entry for an ack, serialised once and shared until the mirror
+    /// changes.
+    fn shared_snapshot(&mut self, target: &Target) -> Arc<RawValue> {
+        let room = target.room_name();
+        if let Some(entry) = self.snapshots.get(&room) {
+            return entry;
+        }
+        let entry = ack_entry(target, self.snapshot(target));
+        self.snapshots.keep(room, &entry);
+        entry
+    }
+
     /// The current items of a target as kiosks receive them (projected, or just their keys
     /// when compact), or why there are none.
     pub(super) fn snapshot(&self, target: &Target) -> Value {
@@ -307,6 +519,17 @@ impl Hub {
     }
 }
 
+/// A target's entry in an ack, serialised: a routed room's also names its collection and
+/// `where`.
+fn ack_entry(target: &Target, mut entry: Value) -> Arc<RawValue> {
+    if let Some(room) = &target.room {
+        entry["collection"] = json!(target.collection);
+        entry["where"] = room.filter.clone();
+    }
+    // Serialising a JSON value cannot fail: its keys are strings and its numbers finite.
+    Arc::from(serde_json::value::to_raw_value(&entry).expect("a JSON value serialises"))
+}
+
 /// The routed room a subscribe's `where: {field: value}` names.
 fn routed_room(settings: &CollectionConfig, filter: &Map<String, Value>) -> Result<Room, Declined> {
     let collection = &settings.name;
@@ -351,7 +574,7 @@ mod tests {
     use super::super::Hub;
     use super::super::event::{Action, Event};
     use super::super::testing::{change, hub, request};
-    use super::Target;
+    use super::{SlotFlag, SnapshotCache, Target};
 
     #[test]
     fn replay_is_chosen_only_when_it_is_complete_and_fits() {
@@ -401,6 +624,68 @@ mod tests {
         ));
         let recent = hub.replay_for(&request(&["screens"], Some((&epoch, 20))), &screens);
         assert_eq!(recent.map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn a_kiosk_has_one_subscribe_in_progress_at_a_time() {
+        let flag = SlotFlag::default();
+        let first = flag.take().expect("free at first");
+        assert!(flag.take().is_none(), "taken while the first is answered");
+        drop(first);
+        let again = flag.take().expect("free once the first was answered");
+        assert!(flag.take().is_none());
+        drop(again);
+    }
+
+    #[test]
+    fn a_snapshot_is_serialised_once_until_the_mirror_changes() {
+        let mut hub = hub("");
+        hub.apply(change(
+            "screens",
+            Action::Create,
+            &[json!(1)],
+            Some(json!({"name": "Lobby"})),
+        ));
+        let screens = Target {
+            collection: "screens".into(),
+            room: None,
+        };
+        let first = hub.shared_snapshot(&screens);
+        let second = hub.shared_snapshot(&screens);
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "the second kiosk shares the bytes"
+        );
+        let body: serde_json::Value = serde_json::from_str(first.get()).expect("JSON");
+        assert_eq!(
+            body,
+            json!({"mode": "snapshot", "items": [{"id": 1, "name": "Lobby"}]})
+        );
+
+        hub.apply(change(
+            "screens",
+            Action::Update,
+            &[json!(1)],
+            Some(json!({"name": "Hall"})),
+        ));
+        let after = hub.shared_snapshot(&screens);
+        assert!(!Arc::ptr_eq(&first, &after), "a change serialises anew");
+        assert!(after.get().contains("Hall"), "{}", after.get());
+    }
+
+    #[test]
+    fn the_snapshot_cache_keeps_no_more_than_its_bound() {
+        let raw = |text: &str| Arc::from(serde_json::value::to_raw_value(text).expect("JSON"));
+        let mut cache = SnapshotCache::new(24);
+        cache.keep("screens".into(), &raw("0123456789")); // 12 bytes with its quotes
+        cache.keep("channels".into(), &raw("0123456789"));
+        cache.keep("menus".into(), &raw("0123456789"));
+        assert!(cache.get("screens").is_some() && cache.get("channels").is_some());
+        assert!(cache.get("menus").is_none(), "past the bound: not kept");
+        assert_eq!(cache.bytes, 24);
+        cache.clear();
+        assert!(cache.get("screens").is_none());
+        assert_eq!(cache.bytes, 0);
     }
 
     fn hub_with_many_events() -> Hub {

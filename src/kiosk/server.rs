@@ -24,7 +24,9 @@ use super::throttle::Throttle;
 use crate::config::{Config, Limits};
 use crate::connection::ConnectionHandle;
 use crate::hub::shape::Shapes;
-use crate::hub::{self, Command, HubHandle, SubscribeRequest};
+use crate::hub::{
+    self, Command, HubHandle, SUBSCRIBE_IN_PROGRESS, SubscribeRequest, SubscribeSlot,
+};
 use crate::metrics::{self, Metrics};
 
 /// How much of a kiosk's WebSocket tungstenite reads at once. Every kiosk keeps a buffer of
@@ -216,10 +218,17 @@ async fn subscribe(socket: SocketRef, data: Option<Value>, ack: AckSender, hub: 
         });
     match request {
         Ok(request) => {
+            let Some(slot) = SubscribeSlot::take(&socket) else {
+                debug!(sid = %socket.id, "subscribe refused: one is in progress");
+                ack.send(&json!({ "ok": false, "error": SUBSCRIBE_IN_PROGRESS }))
+                    .ok();
+                return;
+            };
             let command = Command::Subscribe {
                 socket,
                 request,
                 ack,
+                slot,
             };
             hub.send(command).await.ok();
         }
