@@ -39,17 +39,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::config::SEND_BUFFER;
+use crate::config::{LOOPBACK_SEND_BUFFER, SEND_BUFFER};
 
 /// Connections that carry an upgraded WebSocket, remembered at once. More than a relay serves;
 /// past it a cut-off kiosk that upgraded from polling gets a Socket.IO disconnect instead.
 pub const MAX_UPGRADED: usize = 65_536;
 
-/// Sets an accepted connection's kernel send buffer to [`SEND_BUFFER`]. Best effort: on
-/// failure the kernel's default stays.
-pub fn limit_send_buffer(stream: &TcpStream) {
+/// Sets an accepted connection's kernel send buffer to [`SEND_BUFFER`], or to
+/// [`LOOPBACK_SEND_BUFFER`] for a peer on this machine. Best effort: on failure the kernel's
+/// default stays.
+pub fn limit_send_buffer(stream: &TcpStream, peer: SocketAddr) {
+    let size = match peer.ip().is_loopback() {
+        true => LOOPBACK_SEND_BUFFER,
+        false => SEND_BUFFER,
+    };
     socket2::SockRef::from(stream)
-        .set_send_buffer_size(SEND_BUFFER)
+        .set_send_buffer_size(size)
         .ok();
 }
 

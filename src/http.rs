@@ -353,7 +353,7 @@ where
             }
         };
         stream.set_nodelay(true).ok();
-        connection::limit_send_buffer(&stream);
+        connection::limit_send_buffer(&stream, peer);
         let handle = connection::ConnectionHandle::new(upgrades.clone()).with_peer(peer);
         let Some(place) = open.admit(&handle) else {
             debug!(%peer, "turned a connection away: every open one is busy (limits.max_connections)");

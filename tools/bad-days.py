@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import resource
+import selectors
 import socket
 import struct
 import subprocess
@@ -143,11 +144,15 @@ max_clients = {max_clients}
 
 
 def budget_mib(max_clients, mirror_bytes=16 * MIB, replay_bytes=8 * MIB, kiosk_queue=256,
-               max_event_bytes=256 << 10):
-    """The README's memory budget for these limits (its formula, in MiB)."""
-    kiosk = (21 + 140) << 10
-    total = (8 * MIB + kiosk * max_clients + 3 * mirror_bytes + replay_bytes
-             + kiosk_queue * max_event_bytes + 3 * 32 * MIB)
+               max_event_bytes=256 << 10, snapshot_bytes=16 * MIB):
+    """The README's memory budget for these limits (its formula, in MiB; the defaults for
+    the pending sessions and connections, which follow max_clients)."""
+    pending = max_clients
+    connections = max_clients + pending + 64
+    total = (8 * MIB + ((21 + 140) << 10) * max_clients + (11 << 10) * pending
+             + (16 << 10) * connections + 3 * mirror_bytes + replay_bytes
+             + kiosk_queue * max_event_bytes + 3 * 32 * MIB
+             + max(snapshot_bytes, mirror_bytes) + mirror_bytes + (32 << 10) * max_clients)
     return total / MIB
 
 
@@ -166,7 +171,8 @@ class Kiosk:
             if not chunk:
                 raise ConnectionError("closed during the upgrade")
             head += chunk
-        head, self.buf = head.split(b"\r\n\r\n", 1)
+        head, rest = head.split(b"\r\n\r\n", 1)
+        self.buf, self.pos = bytearray(rest), 0
         if b" 101 " not in head.split(b"\r\n")[0]:
             raise ConnectionError(head.split(b"\r\n")[0].decode())
         self.received = 0
@@ -197,27 +203,30 @@ class Kiosk:
             self.closed = True
             return False
         self.received += len(chunk)
+        if self.pos > (1 << 20):
+            del self.buf[:self.pos]
+            self.pos = 0
         self.buf += chunk
         return True
 
     def frame(self):
         """The next whole frame's (opcode, payload) from the buffer, or None."""
-        b = self.buf
-        if len(b) < 2:
+        b, p = self.buf, self.pos
+        if len(b) - p < 2:
             return None
-        n, at = b[1] & 0x7F, 2
+        n, at = b[p + 1] & 0x7F, p + 2
         if n == 126:
-            if len(b) < 4:
+            if len(b) - p < 4:
                 return None
-            n, at = struct.unpack("!H", b[2:4])[0], 4
+            n, at = struct.unpack("!H", b[p + 2:p + 4])[0], p + 4
         elif n == 127:
-            if len(b) < 10:
+            if len(b) - p < 10:
                 return None
-            n, at = struct.unpack("!Q", b[2:10])[0], 10
+            n, at = struct.unpack("!Q", b[p + 2:p + 10])[0], p + 10
         if len(b) < at + n:
             return None
-        self.buf = b[at + n:]
-        return b[0] & 0x0F, b[at:at + n]
+        self.pos = at + n
+        return b[p] & 0x0F, bytes(b[at:at + n])
 
     def next_message(self, deadline=30):
         end = time.time() + deadline
@@ -228,6 +237,11 @@ class Kiosk:
                 if opcode == 8:
                     self.closed = True
                     return None
+                if payload == b"2":
+                    self.send("3")
+                    continue
+                if payload[:3] == b"430":
+                    return "430"  # the subscribe's answer: its size is what counts here
                 text = payload.decode(errors="replace")
                 if text == "2":
                     self.send("3")
@@ -257,6 +271,72 @@ def populate(relay, items, item_bytes):
                 sys.exit(f"populating the mirror: webhook answered {status}")
 
 
+class Reader:
+    """Follows a kiosk's WebSocket frames as they arrive, without keeping them: it answers
+    pings and notes the subscribe's answer (`430…`), counting the rest as read."""
+
+    def __init__(self, kiosk):
+        self.kiosk, self.head, self.left, self.prefix = kiosk, bytearray(kiosk.buf[kiosk.pos:]), 0, b""
+        self.answered = False
+        kiosk.sock.setblocking(False)
+
+    def feed(self, data):
+        data = memoryview(bytes(self.head) + data) if self.head else memoryview(data)
+        self.head = bytearray()
+        i = 0
+        while i < len(data):
+            if self.left:
+                take = min(self.left, len(data) - i)
+                if len(self.prefix) < 3:
+                    self.prefix += bytes(data[i:i + min(take, 3 - len(self.prefix))])
+                self.left -= take
+                i += take
+                if not self.left:
+                    self.done()
+                continue
+            rest = data[i:]
+            if len(rest) < 2:
+                self.head = bytearray(rest)
+                return
+            n, at = rest[1] & 0x7F, 2
+            if n == 126:
+                if len(rest) < 4:
+                    self.head = bytearray(rest)
+                    return
+                n, at = struct.unpack("!H", rest[2:4])[0], 4
+            elif n == 127:
+                if len(rest) < 10:
+                    self.head = bytearray(rest)
+                    return
+                n, at = struct.unpack("!Q", rest[2:10])[0], 10
+            self.left, self.prefix, self.small = n, b"", n == 1
+            i += at
+            if n == 0:
+                self.done()
+
+    def done(self):
+        if self.small and self.prefix == b"2":
+            self.kiosk.sock.setblocking(True)
+            self.kiosk.send("3")
+            self.kiosk.sock.setblocking(False)
+        elif self.prefix.startswith(b"430"):
+            self.answered = True
+
+    def read(self, size):
+        """Reads up to `size` bytes; False once closed by the relay."""
+        try:
+            chunk = self.kiosk.sock.recv(size)
+        except BlockingIOError:
+            return True
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.kiosk.closed = True
+            return False
+        self.feed(chunk)
+        return True
+
+
 def storm(args, out):
     kiosks, items, item_bytes = env_int("KIOSKS", 100), env_int("ITEMS", 2000), env_int("ITEM_BYTES", 4096)
     slow_read, slow_secs = env_int("SLOW_READ", 64 << 10), env_int("SLOW_SECS", 5)
@@ -280,38 +360,34 @@ def storm(args, out):
         t.join()
     for k in conns:
         k.send('420["subscribe",{"collections":["screens"]}]')
+    readers = [Reader(k) for k in conns]
+    # Every kiosk reads slowly for a while, then as fast as it can until it has its answer.
     t0 = time.time()
     while time.time() - t0 < slow_secs:
-        for k in conns:
-            if not k.closed:
-                k.read(max(1, slow_read // 10))
+        for r in readers:
+            if not r.kiosk.closed:
+                r.read(max(1, slow_read // 10))
         time.sleep(0.1)
-    answered = 0
-
-    def finish(k):
-        nonlocal answered
-        k.sock.settimeout(60)
-        while not k.closed:
-            m = k.next_message(60)
-            if m is None:
-                break
-            if m.startswith("430"):
-                answered += 1
-                break
-
-    threads = [threading.Thread(target=finish, args=(k,)) for k in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    cut_off = sum(1 for k in conns if k.closed)
+    sel = selectors.DefaultSelector()
+    for r in readers:
+        if not r.kiosk.closed and not r.answered:
+            sel.register(r.kiosk.sock, selectors.EVENT_READ, r)
+    deadline = time.time() + 300
+    while sel.get_map() and time.time() < deadline:
+        for key, _ in sel.select(timeout=1):
+            r = key.data
+            if not r.read(1 << 20) or r.answered:
+                sel.unregister(key.fileobj)
+    answered = sum(1 for r in readers if r.answered)
+    cut_off = sum(1 for r in readers if r.kiosk.closed and not r.answered)
+    took = round(time.time() - t0, 1)
     for k in conns:
         k.close()
     time.sleep(3)
     peak = sampler.stop()
     return relay, {"kiosks": kiosks, "connect_errors": len(errors), "items": items,
                    "item_bytes": item_bytes, "snapshot_mib": round(items * item_bytes / MIB, 1),
-                   "answered": answered, "cut_off": cut_off,
+                   "answered": answered, "cut_off_before_answer": cut_off, "seconds_to_answer_all": took,
                    "rss_start_kib": start, "rss_peak_kib": peak, "rss_settled_kib": relay.rss(),
                    "budget_mib": round(budget_mib(relay.max_clients))}
 

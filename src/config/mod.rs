@@ -25,7 +25,7 @@ pub use collection::{
     expand_event_name,
 };
 pub use error::ConfigError;
-pub use limits::{Limits, MAX_RESPONSE_BYTES, SEND_BUFFER};
+pub use limits::{LOOPBACK_SEND_BUFFER, Limits, MAX_RESPONSE_BYTES, SEND_BUFFER};
 pub use load::{DEFAULT_CONFIG_PATH, GENERATED_TOKEN_NAME, Source};
 pub use secret::{
     ADMIN_TOKEN_CREDENTIAL, DIRECTUS_PASSWORD_CREDENTIAL, DIRECTUS_TOKEN_CREDENTIAL,
