@@ -12,6 +12,9 @@ Scenarios (all by default):
   idle         the relay under a 1,024-descriptor limit; IDLE idle TCP connections and a few
                that send their headers one line a second are held; is /healthz answered and
                can a kiosk connect while they are held, and how many did the relay close?
+  rooms        ROOM_KIOSKS kiosks subscribe again and again to ROOMS_PER_SUBSCRIBE routed rooms
+               (of ROOMS) of a collection of ITEMS items while RATE webhooks/s are posted for
+               SECS: how many webhooks are refused (the goal is none)
 
 Each scenario prints start, peak and settled RSS against the README's memory budget for the
 relay's limits, and what the relay did (answers, refusals, cut-offs). Raw figures go to
@@ -73,7 +76,7 @@ class Sampler:
 class Relay:
     """One relay process with a config of its own, in webhook mode on a port the kernel picks."""
 
-    def __init__(self, binary, out, name, max_clients, extra="", nofile=None):
+    def __init__(self, binary, out, name, max_clients, extra="", nofile=None, rooms_by=None):
         self.dir = os.path.join(out, name)
         os.makedirs(os.path.join(self.dir, "state"), exist_ok=True)
         self.secret = "bad-days-" + os.urandom(8).hex()
@@ -88,6 +91,7 @@ secret = "{self.secret}"
 
 [[collections]]
 name = "screens"
+{f'rooms_by = ["{rooms_by}"]' if rooms_by else ""}
 
 [clients]
 allowed_origins = ["*"]
@@ -544,7 +548,101 @@ def idle(args, out):
                    "budget_mib": round(budget_mib(relay.max_clients))}
 
 
-SCENARIOS = {"storm": storm, "resubscribe": resubscribe, "handshakes": handshakes, "idle": idle}
+def rooms(args, out):
+    """Kiosks asking for many routed rooms of a large collection while webhooks stream in."""
+    items, room_count, kiosks = env_int("ITEMS", 10000), env_int("ROOMS", 1450), env_int("ROOM_KIOSKS", 2)
+    rate, secs = env_int("RATE", 200), env_int("SECS", 20)
+    relay = Relay(args.relay, out, "rooms", 500, extra='max_message_bytes = "1MiB"', rooms_by="room")
+    pad = "x" * 200
+    for key in range(items):
+        status = relay.post({"event": "screens.items.create", "collection": "screens", "key": str(key),
+                             "payload": {"id": str(key), "room": f"r{key % room_count}", "pad": pad}})
+        if status != 202:
+            sys.exit(f"populating the mirror: webhook answered {status}")
+    time.sleep(1)
+    start = relay.rss()
+    sampler = Sampler(relay.proc.pid)
+    stop = threading.Event()
+    asked = {"subscribes": 0, "answers": 0}
+    per_subscribe = env_int("ROOMS_PER_SUBSCRIBE", room_count)
+
+    def kiosk():
+        k = Kiosk(relay, {"collections": ["screens"]})
+        r = Reader(k)
+        first = 0
+        while not stop.is_set() and not k.closed:
+            wanted = [{"collection": "screens", "where": {"room": f"r{(first + i) % room_count}"}}
+                      for i in range(per_subscribe)]
+            first += per_subscribe
+            k.sock.setblocking(True)
+            k.send("420" + json.dumps(["subscribe", {"collections": wanted}]))
+            k.sock.setblocking(False)
+            asked["subscribes"] += 1
+            r.answered = False
+            deadline = time.time() + 30
+            while not r.answered and not k.closed and time.time() < deadline and not stop.is_set():
+                r.read(1 << 20)
+                time.sleep(0.001)
+            asked["answers"] += r.answered
+        k.close()
+
+    # A screen that takes every event (no subscribe): how late do live events reach it?
+    watcher, posted_at, delays = Kiosk(relay, {}), {}, []
+
+    def watch():
+        watcher.sock.settimeout(None)
+        while not stop.is_set() and not watcher.closed:
+            m = watcher.next_message(3600)
+            if os.environ.get("BD_DEBUG"):
+                print("W", (m or "")[:80], file=sys.stderr)
+            if m and m.startswith('42["data.update"'):
+                n = json.loads(m[2:])[1].get("payload", {}).get("n")
+                if n in posted_at:
+                    delays.append(time.time() - posted_at[n])
+
+    threads = [threading.Thread(target=kiosk) for _ in range(kiosks)]
+    for t in threads + [threading.Thread(target=watch, daemon=True)]:
+        t.start()
+    statuses, latest = {}, []
+    conn = http.client.HTTPConnection(relay.host, relay.port, timeout=30)
+    t0 = time.time()
+    for n in range(rate * secs):
+        due = t0 + n / rate
+        if due > time.time():
+            time.sleep(due - time.time())
+        sent = time.time()
+        posted_at[n] = sent
+        body = json.dumps({"event": "screens.items.update", "collection": "screens", "keys": [str(n % items)],
+                           "payload": {"n": n}})
+        conn.request("POST", "/hooks/directus", body=body,
+                     headers={"Content-Type": "application/json", "X-Relay-Secret": relay.secret})
+        r = conn.getresponse()
+        r.read()
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        latest.append(time.time() - sent)
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join()
+    latest.sort()
+    delays.sort()
+    peak = sampler.stop()
+    return relay, {"items": items, "rooms": room_count, "kiosks": kiosks, "rooms_per_subscribe": per_subscribe,
+                   "webhooks": rate * secs, "webhook_answers": statuses,
+                   "webhook_answer_ms_p50_p99_max": [round(latest[len(latest) // 2] * 1000, 1),
+                                                     round(latest[int(len(latest) * 0.99)] * 1000, 1),
+                                                     round(latest[-1] * 1000, 1)],
+                   "subscribes": asked["subscribes"], "subscribes_answered": asked["answers"],
+                   "events_seen": len(delays), "watcher_cut_off": watcher.closed,
+                   "post_to_event_ms_p50_p99_max": [round(delays[len(delays) // 2] * 1000, 1),
+                                                    round(delays[int(len(delays) * 0.99)] * 1000, 1),
+                                                    round(delays[-1] * 1000, 1)] if delays else None,
+                   "rss_start_kib": start, "rss_peak_kib": peak, "rss_settled_kib": relay.rss(),
+                   "budget_mib": round(budget_mib(relay.max_clients))}
+
+
+SCENARIOS = {"storm": storm, "resubscribe": resubscribe, "handshakes": handshakes, "idle": idle,
+             "rooms": rooms}
 
 
 def main():
