@@ -474,7 +474,8 @@ def idle(args, out):
     count, hold = env_int("IDLE", 1100), env_int("HOLD_SECS", 30)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    relay = Relay(args.relay, out, "idle", 500, nofile=1024)
+    # max_connections fits the descriptor limit with the relay's own 64, as the relay asks at start.
+    relay = Relay(args.relay, out, "idle", 500, extra="max_pending_sessions = 100\nmax_connections = 900", nofile=1024)
     start = relay.rss()
     sampler = Sampler(relay.proc.pid)
     held, refused = [], 0
