@@ -20,7 +20,7 @@
 //! The handle also knows whether its connection is busy (a request in flight, a long-poll
 //! included), idle since when, and whether it became a WebSocket: [`ConnectionHandle::idle_out`]
 //! closes a connection that sent no request head within `limits.header_timeout`, or carried no
-//! request for `limits.idle_timeout`, and [`crate::connections`] picks the one idle the longest
+//! request for `limits.idle_timeout`, and `connections.rs` picks the one idle the longest
 //! when the connections are at their cap.
 
 use std::collections::HashMap;
@@ -489,15 +489,20 @@ pub struct Killable {
     read_killed: Pin<Box<WaitForCancellationFutureOwned>>,
     write_killed: Pin<Box<WaitForCancellationFutureOwned>>,
     reset: bool,
-    /// Its place among the open connections, given up with the IO.
-    _place: crate::connections::Place,
+    /// What is given up with the IO: its place among the open connections.
+    _held: Box<dyn std::fmt::Debug + Send + Sync>,
 }
 
 impl Killable {
-    pub fn new(io: Stream, connection: ConnectionHandle, place: crate::connections::Place) -> Self {
+    /// Wraps `io`; `held` (the connection's place among the open ones) is dropped with it.
+    pub fn new(
+        io: Stream,
+        connection: ConnectionHandle,
+        held: Box<dyn std::fmt::Debug + Send + Sync>,
+    ) -> Self {
         let token = connection.switch.kill.clone();
         Self {
-            _place: place,
+            _held: held,
             io,
             read_killed: Box::pin(token.clone().cancelled_owned()),
             write_killed: Box::pin(token.cancelled_owned()),
@@ -642,10 +647,7 @@ mod tests {
         let (mut peer, server) = pair().await;
         let upgrades = Arc::new(Upgrades::default());
         let handle = ConnectionHandle::new(upgrades);
-        let place = crate::connections::OpenConnections::new(1)
-            .admit(&handle)
-            .expect("room");
-        let mut killable = Killable::new(Stream::Plain(server), handle.clone(), place);
+        let mut killable = Killable::new(Stream::Plain(server), handle.clone(), Box::new(()));
         let writer = tokio::spawn(async move {
             let chunk = vec![0u8; 64 << 10];
             loop {

@@ -381,7 +381,7 @@ where
                 }
             };
             handle.start_clock();
-            let io = connection::Killable::new(io, handle.clone(), place);
+            let io = connection::Killable::new(io, handle.clone(), Box::new(place));
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();

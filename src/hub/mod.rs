@@ -330,7 +330,7 @@ struct Hub {
     /// Snapshots serialised since the mirror last changed, shared by every kiosk that asks.
     snapshots: subscribe::SnapshotCache,
     /// Snapshot answers queued to kiosks and not read yet, and the subscribes waiting for room.
-    budget: snapshot_budget::SnapshotBudget,
+    budget: snapshot_budget::SnapshotBudget<subscribe::Waiting>,
 }
 
 impl Hub {

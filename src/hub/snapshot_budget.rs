@@ -16,10 +16,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use socketioxide::TransportType;
-use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::extract::SocketRef;
 use tokio::time::Instant;
 
-use super::subscribe::{SubscribeRequest, SubscribeSlot};
 use crate::connection;
 
 /// A kiosk on WebSocket whose connection writes nothing of its snapshot for this long is cut
@@ -32,23 +31,6 @@ pub const POLLING_HOLD: Duration = Duration::from_secs(45);
 
 /// How often the hub looks at what kiosks have read while anything is charged or waits.
 pub const BUDGET_CHECK: Duration = Duration::from_millis(50);
-
-/// A subscribe waiting for room in the budget, with the kiosk's one subscribe slot.
-pub(super) struct Waiting {
-    pub(super) socket: SocketRef,
-    pub(super) request: SubscribeRequest,
-    pub(super) ack: AckSender,
-    pub(super) slot: SubscribeSlot,
-}
-
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting")
-            .field("sid", &self.socket.id)
-            .field("request", &self.request)
-            .finish()
-    }
-}
 
 /// An answer queued to a kiosk and not yet read.
 #[derive(Debug)]
@@ -79,16 +61,16 @@ pub(super) struct Checked {
     pub(super) stalled: Vec<(SocketRef, Duration)>,
 }
 
-/// The budget, its charges and the subscribes waiting for it.
+/// The budget, its charges and the subscribes (`W`) waiting for it.
 #[derive(Debug)]
-pub(super) struct SnapshotBudget {
+pub(super) struct SnapshotBudget<W> {
     limit: usize,
     charged: usize,
     charges: Vec<Charge>,
-    waiting: VecDeque<Waiting>,
+    waiting: VecDeque<W>,
 }
 
-impl SnapshotBudget {
+impl<W> SnapshotBudget<W> {
     pub(super) fn new(limit: usize) -> Self {
         Self {
             limit,
@@ -124,18 +106,18 @@ impl SnapshotBudget {
     }
 
     /// Queues a subscribe behind the others.
-    pub(super) fn wait(&mut self, waiting: Waiting) {
+    pub(super) fn wait(&mut self, waiting: W) {
         self.waiting.push_back(waiting);
     }
 
     /// Puts back at the head a subscribe taken by [`SnapshotBudget::next_waiting`] that still
     /// does not fit.
-    pub(super) fn wait_first(&mut self, waiting: Waiting) {
+    pub(super) fn wait_first(&mut self, waiting: W) {
         self.waiting.push_front(waiting);
     }
 
     /// The first waiting subscribe, when there is room for another answer.
-    pub(super) fn next_waiting(&mut self) -> Option<Waiting> {
+    pub(super) fn next_waiting(&mut self) -> Option<W> {
         if self.charged >= self.limit {
             return None;
         }
@@ -208,9 +190,9 @@ impl SnapshotBudget {
         checked
     }
 
-    /// Drops every waiting subscribe whose kiosk is gone.
-    pub(super) fn forget_gone(&mut self) {
-        self.waiting.retain(|w| w.socket.connected());
+    /// Drops every waiting subscribe that `gone` says no longer needs an answer.
+    pub(super) fn forget(&mut self, gone: impl Fn(&W) -> bool) {
+        self.waiting.retain(|w| !gone(w));
     }
 }
 
@@ -220,13 +202,13 @@ mod tests {
 
     #[test]
     fn an_empty_budget_admits_any_answer_and_a_full_one_only_what_fits() {
-        let budget = SnapshotBudget::new(100);
+        let budget = SnapshotBudget::<()>::new(100);
         assert!(budget.admits(10));
         assert!(
             budget.admits(1_000),
             "larger than the budget: answered alone"
         );
-        let budget = SnapshotBudget {
+        let budget = SnapshotBudget::<()> {
             charged: 60,
             ..SnapshotBudget::new(100)
         };

@@ -15,7 +15,6 @@ use tracing::debug;
 use super::deliver::CutOff;
 use super::event::Event;
 use super::rooms;
-use super::snapshot_budget::Waiting;
 use super::{Hub, Room};
 use crate::config::CollectionConfig;
 use crate::kiosk::access::Access;
@@ -137,6 +136,23 @@ impl Drop for SubscribeSlot {
 
 /// What a kiosk that subscribes again before its first subscribe is answered is told.
 pub const SUBSCRIBE_IN_PROGRESS: &str = "a subscribe from this kiosk is still being answered: wait for its answer before sending another";
+
+/// A subscribe waiting for room in the budget, with the kiosk's one subscribe slot.
+pub(super) struct Waiting {
+    pub(super) socket: SocketRef,
+    pub(super) request: SubscribeRequest,
+    pub(super) ack: AckSender,
+    pub(super) slot: SubscribeSlot,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("sid", &self.socket.id)
+            .field("request", &self.request)
+            .finish()
+    }
+}
 
 /// Snapshots as kiosks receive them, serialised once per target (collection or routed room)
 /// and shared by every kiosk that asks for it until the mirror changes: a crowd of screens
@@ -349,7 +365,7 @@ impl Hub {
             self.cut_off_stalled(&socket, stalled);
         }
         let before = self.budget.waiting();
-        self.budget.forget_gone();
+        self.budget.forget(|w| !w.socket.connected());
         let gone = before - self.budget.waiting();
         self.metrics.subscribes_waiting.dec_by(gone as i64);
         self.answer_waiting();
