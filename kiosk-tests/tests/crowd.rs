@@ -84,17 +84,7 @@ async fn subscribing_crowds_never_make_the_webhook_refuse_changes() {
         config("[limits]\nhub_inbox = 64")
     );
     let relay = Relay::start(&toml).await;
-    let pad = "x".repeat(1000);
-    for key in 0..100 {
-        relay
-            .change(&hook(
-                "screens",
-                "create",
-                json!(key),
-                json!({ "pad": pad }),
-            ))
-            .await;
-    }
+    populate(&relay, 100, 1000).await;
     let mut kiosks = Vec::new();
     for _ in 0..10 {
         kiosks.push(raw_kiosk(&relay).await);
@@ -182,10 +172,10 @@ async fn until_metric(relay: &Relay, name: &str, value: f64) {
     }
 }
 
-/// 300 items of 4 KB: a snapshot of about 1.2 MB.
-async fn big_collection(relay: &Relay) {
-    let pad = "x".repeat(4000);
-    for key in 0..300 {
+/// `count` screens of about `bytes` each.
+async fn populate(relay: &Relay, count: u64, bytes: usize) {
+    let pad = "x".repeat(bytes);
+    for key in 0..count {
         relay
             .change(&hook(
                 "screens",
@@ -195,6 +185,11 @@ async fn big_collection(relay: &Relay) {
             ))
             .await;
     }
+}
+
+/// 300 items of 4 KB: a snapshot of about 1.2 MB.
+async fn big_collection(relay: &Relay) {
+    populate(relay, 300, 4000).await;
 }
 
 /// With a budget smaller than one snapshot, a kiosk that does not read its snapshot holds
