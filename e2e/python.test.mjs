@@ -13,6 +13,8 @@ import { accept, REPO_ROOT, RELAY_URL, RUN_ID, SOON_MS } from "./helpers.mjs";
 
 const PYTHON = process.env.E2E_PYTHON;
 const LOBBY_TOKEN = process.env.E2E_LOBBY_TOKEN;
+/** How long the kiosk may take to start, import its libraries and connect. */
+const START_MS = 30_000;
 
 /** The first ```python block after the heading "A kiosk in Python". */
 function snippet() {
@@ -40,9 +42,9 @@ test("the Python kiosk from the protocol reference shows changes as they happen"
     lines.push(line);
     wake();
   });
-  /** Waits for a printed line that satisfies `wanted`, returning it. */
-  const waitFor = async (what, wanted) => {
-    const deadline = Date.now() + SOON_MS;
+  /** Waits up to `ms` for a printed line that satisfies `wanted`, returning it. */
+  const waitFor = async (what, wanted, ms = SOON_MS) => {
+    const deadline = Date.now() + ms;
     for (;;) {
       const found = lines.find(wanted);
       if (found) return found;
@@ -60,7 +62,9 @@ test("the Python kiosk from the protocol reference shows changes as they happen"
     }
   };
 
-  await waitFor("the relay's status", (l) => l.startsWith("upstream live since "));
+  // The first line also waits for Python to start, import socketio and aiohttp (from a cold
+  // cache on a busy machine) and connect, so it gets longer than what should happen at once.
+  await waitFor("the relay's status", (l) => l.startsWith("upstream live since "), START_MS);
   await waitFor("its snapshot", (l) => l.startsWith("screens: "));
   const key = `py-${RUN_ID}`;
   const name = `Python ${RUN_ID}`;

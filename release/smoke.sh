@@ -84,13 +84,16 @@ for deb in "${debs[@]}"; do
   RELAY_LISTEN="127.0.0.1:$port" RELAY_STATE_DIR="$work/state" \
     "${relay[@]}" --config "$config" > "$work/relay.log" 2>&1 &
   relay_pid=$!
+  # Waits by the clock, not by a count of tries: under qemu-user on a busy machine the relay
+  # (and each curl) can take far longer to start than natively.
   ready=
-  for _ in $(seq 100); do
+  deadline=$((SECONDS + 60))
+  while ((SECONDS < deadline)); do
     if curl -fsS "http://127.0.0.1:$port/readyz" > /dev/null 2>&1; then ready=1; break; fi
     kill -0 "$relay_pid" 2>/dev/null || break
-    sleep 0.1
+    sleep 0.2
   done
-  [ -n "$ready" ] || { cat "$work/relay.log"; echo "FAIL the relay did not become ready"; exit 1; }
+  [ -n "$ready" ] || { cat "$work/relay.log"; echo "FAIL the relay did not become ready within 60 s"; exit 1; }
   echo "  ok    serving: /healthz $(curl -fsS "http://127.0.0.1:$port/healthz"), /readyz $(curl -fsS "http://127.0.0.1:$port/readyz")"
 
   # A collection the shipped config relays: the first [[collections]] name.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kiosk_tests::{Kiosk, Relay, config, hook, keys, seq};
+use kiosk_tests::{Kiosk, PATIENCE, Relay, config, hook, keys, seq};
 use serde_json::{Value, json};
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/webhook_bodies.jsonl");
@@ -675,7 +675,20 @@ async fn kiosks_past_max_clients_are_refused_with_a_reason() {
     );
     third.disconnect().await;
     first.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The relay frees the place when it has handled the disconnect: wait until it counts one
+    // kiosk before the next comes.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = relay.get("/metrics").await;
+        if metrics.lines().any(|l| l == "relay_kiosks_connected 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never counted the first kiosk gone: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut again = Kiosk::connect(&relay).await;
     again.expect("relay.status").await;
     relay.stop().await;
