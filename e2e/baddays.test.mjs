@@ -3,59 +3,18 @@
 // snapshot larger than the relay's snapshot budget, and a restart in the middle of the stream.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import net from "node:net";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { io } from "socket.io-client";
-import { report } from "./helpers.mjs";
+import { freePort, report, startOwnRelay } from "./helpers.mjs";
 
 const SECRET = "baddays-secret-0123456789";
 const PATIENCE_MS = 60_000;
 
-/** A free port on the loopback address. */
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-/**
- * Starts the relay under test with `toml` in `dir` on `port` and waits until it answers
- * /healthz; `stop()` sends SIGTERM and resolves with the exit code.
- */
-async function startRelay(dir, port, toml) {
-  writeFileSync(join(dir, "relay.toml"), `listen = "127.0.0.1:${port}"\nstate_dir = "${dir}"\n${toml}`);
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("RELAY_")));
-  const child = spawn(process.env.E2E_RELAY_BIN, ["--config", join(dir, "relay.toml")], { env, stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
-  child.stderr.on("data", (d) => (log += d));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + PATIENCE_MS;
-  while (!(await fetch(`${url}/healthz`).then((r) => r.ok, () => false))) {
-    assert.ok(Date.now() < deadline && child.exitCode === null, `the relay did not start:\n${log}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const post = async (body) => {
-    const res = await fetch(`${url}/hooks/directus`, {
-      method: "POST",
-      headers: { "content-type": "application/json", "x-relay-secret": SECRET },
-      body: JSON.stringify(body),
-    });
-    assert.equal(res.status, 202, `webhook refused: ${await res.text()}`);
-  };
-  const stop = () => new Promise((done) => {
-    if (child.exitCode !== null) return done(child.exitCode);
-    child.once("exit", (code) => done(code));
-    child.kill("SIGTERM");
-  });
-  return { url, post, stop, log: () => log };
-}
+/** A relay of the test's own with `toml`; the same `dir` and `port` restart it. */
+const startRelay = (dir, port, toml) => startOwnRelay(toml, { dir, port, secret: SECRET });
 
 const CONFIG = `clients.allow_anonymous = true
 [webhook]

@@ -9,7 +9,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
-import { accept, E2E_DIR, REPO_ROOT, RELAY_URL, RUN_ID } from "./helpers.mjs";
+import { accept, E2E_DIR, REPO_ROOT, RELAY_URL, RUN_ID, startOwnRelay } from "./helpers.mjs";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARGS = [
@@ -318,31 +318,10 @@ function startFakeDirectus() {
   });
 }
 
-/** Starts the relay binary on a free port with `toml` (its listen line added); resolves to {url, stop}. */
-async function startRelay(toml) {
-  const { spawn } = await import("node:child_process");
-  const { mkdtempSync, writeFileSync } = await import("node:fs");
-  const { tmpdir } = await import("node:os");
-  const port = await new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-  const dir = mkdtempSync(join(tmpdir(), "relay-status-"));
-  writeFileSync(join(dir, "relay.toml"), `listen = "127.0.0.1:${port}"\nstate_dir = "${dir}"\n${toml}`);
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("RELAY_")));
-  const child = spawn(process.env.E2E_RELAY_BIN, ["--config", join(dir, "relay.toml")], { env, stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
-  child.stderr.on("data", (d) => (log += d));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    if (await fetch(`${url}/healthz`).then((r) => r.ok, () => false)) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { url, log: () => log, stop: () => new Promise((done) => { child.once("exit", done); child.kill("SIGTERM"); }) };
-}
 
 test("the status page shows Directus live, offline with the content's time, and live again", { timeout: 90_000 }, async (t) => {
   const directus = await startFakeDirectus();
-  const relay = await startRelay(`clients.allow_anonymous = true
+  const relay = await startOwnRelay(`clients.allow_anonymous = true
 [directus]
 url = "${directus.url}"
 token = "status-page-test-token"

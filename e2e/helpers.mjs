@@ -5,8 +5,11 @@
 // only over HTTP and Socket.IO, as Directus and the kiosks do.
 
 import assert from "node:assert/strict";
-import { appendFileSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { appendFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
@@ -304,3 +307,49 @@ export function percentiles(values) {
 
 /** A label unique to this run, for keys that must not collide with other tests' items. */
 export const RUN_ID = `${process.pid.toString(36)}${Date.now().toString(36)}`;
+
+/** A free port on the loopback address. */
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/**
+ * Starts a relay of the test's own (the binary under test) with `toml`, its listen and
+ * state_dir lines added, and waits until it answers /healthz (60 s at most). `dir` and `port`
+ * default to new ones; give the same again to restart it. Resolves to {url, dir, port,
+ * post(body) with `secret`, stop() (SIGTERM; resolves to the exit code), log()}.
+ */
+export async function startOwnRelay(toml, { dir, port, secret } = {}) {
+  dir ??= mkdtempSync(join(tmpdir(), "relay-own-"));
+  port ??= await freePort();
+  writeFileSync(join(dir, "relay.toml"), `listen = "127.0.0.1:${port}"\nstate_dir = "${dir}"\n${toml}`);
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("RELAY_")));
+  const child = spawn(process.env.E2E_RELAY_BIN, ["--config", join(dir, "relay.toml")], { env, stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  while (!(await fetch(`${url}/healthz`).then((r) => r.ok, () => false))) {
+    assert.ok(Date.now() < deadline && child.exitCode === null, `the relay did not start:\n${log}`);
+    await sleep(100);
+  }
+  const postTo = async (body) => {
+    const res = await fetch(`${url}${WEBHOOK_PATH}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-relay-secret": secret },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 202, `webhook refused: ${await res.text()}`);
+  };
+  const stop = () => new Promise((done) => {
+    if (child.exitCode !== null) return done(child.exitCode);
+    child.once("exit", (code) => done(code));
+    child.kill("SIGTERM");
+  });
+  return { url, dir, port, post: postTo, stop, log: () => log };
+}
