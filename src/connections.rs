@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::config::Limits;
 use crate::connection::ConnectionHandle;
+use prometheus_client::metrics::counter::Counter;
 
 /// What a connection turned away at the cap is told, when it speaks plain HTTP.
 const FULL_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -33,6 +34,8 @@ pub struct OpenConnections {
     max: usize,
     open: Mutex<HashMap<u64, ConnectionHandle>>,
     next_id: AtomicU64,
+    /// Counts the connections closed to make room.
+    evicted: Counter,
 }
 
 /// A connection's place among the open ones, given up when dropped (with the connection's IO,
@@ -50,11 +53,13 @@ impl Drop for Place {
 }
 
 impl OpenConnections {
-    pub fn new(max: usize) -> Arc<Self> {
+    /// Each connection closed to make room counts in `evicted`.
+    pub fn new(max: usize, evicted: Counter) -> Arc<Self> {
         Arc::new(Self {
             max,
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            evicted,
         })
     }
 
@@ -86,6 +91,7 @@ impl OpenConnections {
                     "closed the connection idle the longest to make room for a new one"
                 );
                 evicted.close();
+                self.evicted.inc();
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +170,8 @@ Max open files            1024                 524288               files     \n
     #[test]
     fn at_the_cap_the_connection_idle_the_longest_gives_way() {
         let upgrades = Arc::new(crate::connection::Upgrades::default());
-        let connections = OpenConnections::new(2);
+        let evicted = Counter::default();
+        let connections = OpenConnections::new(2, evicted.clone());
         let oldest = ConnectionHandle::new(upgrades.clone());
         let newer = ConnectionHandle::new(upgrades.clone());
         let _a = connections.admit(&oldest).expect("room");
@@ -173,6 +180,7 @@ Max open files            1024                 524288               files     \n
         let _c = connections.admit(&third).expect("an idle one gives way");
         assert!(oldest.is_closed());
         assert!(!newer.is_closed());
+        assert_eq!(evicted.get(), 1, "counted");
         assert_eq!(connections.len(), 2);
         drop(_c);
         assert_eq!(connections.len(), 1);

@@ -29,9 +29,11 @@ use crate::config::{Config, Limits};
 use crate::connection;
 use crate::connections::{self, OpenConnections};
 use crate::hub::HubHandle;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabels, reason_labels};
 use crate::tls::KioskTls;
 use crate::upstream::webhook;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Pause after a failed `accept` (for example when out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -255,6 +257,7 @@ impl Server {
         tls: Option<KioskTls>,
         svc: S,
         limits: &Limits,
+        metrics: &Metrics,
     ) -> Server
     where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
@@ -272,13 +275,18 @@ impl Server {
             header: limits.header_timeout,
             idle: limits.idle_timeout,
         };
-        let open = OpenConnections::new(limits.max_connections());
+        let closed = metrics.connections_closed.clone();
+        let open = OpenConnections::new(
+            limits.max_connections(),
+            closed.get_or_create(&reason_labels("evicted")).clone(),
+        );
         let accept_loop = tokio::spawn(accept_loop(
             listener,
             tls,
             svc,
             open,
             timeouts,
+            closed,
             stop.clone(),
         ));
         Server { stop, accept_loop }
@@ -326,6 +334,7 @@ async fn accept_loop<S, B>(
     svc: S,
     open: Arc<OpenConnections>,
     timeouts: Timeouts,
+    closed: Family<ReasonLabels, Counter>,
     stop: CancellationToken,
 ) -> GracefulShutdown
 where
@@ -357,6 +366,7 @@ where
         let handle = connection::ConnectionHandle::new(upgrades.clone()).with_peer(peer);
         let Some(place) = open.admit(&handle) else {
             debug!(%peer, "turned a connection away: every open one is busy (limits.max_connections)");
+            closed.get_or_create(&reason_labels("turned-away")).inc();
             connections::turn_away(stream, tls.is_none());
             continue;
         };
@@ -365,6 +375,7 @@ where
         let builder = builder.clone();
         // Counts as in flight from here: shutdown waits for a handshake under way too.
         let watcher = graceful.watcher();
+        let timed_out = closed.get_or_create(&reason_labels("timed-out")).clone();
         tokio::spawn(async move {
             let io = match acceptor {
                 None => connection::Stream::Plain(stream),
@@ -393,6 +404,7 @@ where
                 ended = &mut served => ended,
                 () = handle.idle_out(timeouts.header, timeouts.idle) => {
                     debug!(%peer, "closed an idle connection (limits.header_timeout or limits.idle_timeout)");
+                    timed_out.inc();
                     handle.close();
                     served.await
                 }

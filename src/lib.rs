@@ -127,6 +127,7 @@ pub async fn run_with_reload(
     let pending = kiosk::pending::PendingSessions::new(
         config.limits.max_pending_sessions(),
         config.limits.join_timeout,
+        metrics.sessions_refused.clone(),
     );
     let svc = kiosk::pending::Gate::new(svc, pending);
     kiosk::server::attach(&io, hub.clone(), metrics.clone(), throttle.clone(), &config);
@@ -212,6 +213,7 @@ pub async fn run_with_reload(
         tls,
         http::Cors::new(svc, config.clients.clone()),
         &config.limits,
+        &metrics,
     );
     shared.ready.store(true, Ordering::Relaxed);
     info!(%addr, scheme, webhook = %config.webhook.path, "relay listening");

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub webhook_rejects: Family<ReasonLabels, Counter>,
     /// Commands waiting in the hub's inbox.
     pub hub_queue_depth: Gauge,
+    /// Engine.IO sessions refused because `limits.max_pending_sessions` had not joined yet.
+    pub sessions_refused: Counter,
+    /// Connections the relay closed for the bounds on connections, by reason: `evicted` (the
+    /// idlest, for a new one at `limits.max_connections`), `turned-away` (a new one at the cap
+    /// with none idle), `timed-out` (`limits.header_timeout` or `limits.idle_timeout`).
+    pub connections_closed: Family<ReasonLabels, Counter>,
     /// Bytes of snapshot answers queued to kiosks and not read yet (`limits.snapshot_bytes`).
     pub snapshot_bytes_charged: Gauge,
     /// Subscribes waiting for room in the snapshot budget.
@@ -126,6 +132,8 @@ impl Metrics {
             room_changes: AtomicU64::new(0),
             webhook_rejects: Family::default(),
             hub_queue_depth: Gauge::default(),
+            sessions_refused: Counter::default(),
+            connections_closed: Family::default(),
             snapshot_bytes_charged: Gauge::default(),
             subscribes_waiting: Gauge::default(),
             seq: Gauge::default(),
@@ -202,6 +210,16 @@ impl Metrics {
             "hub_queue_depth",
             "Commands waiting for the hub",
             m.hub_queue_depth.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Engine.IO sessions refused: limits.max_pending_sessions had not joined yet",
+            m.sessions_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed for the bounds on connections, by reason (evicted, turned-away, timed-out)",
+            m.connections_closed.clone(),
         );
         registry.register(
             "snapshot_bytes_charged",

@@ -221,6 +221,11 @@ async fn a_session_past_max_pending_sessions_is_refused_in_words() {
     );
     // Requests of existing sessions and everything else still get through.
     assert_eq!(get(relay.addr, "/healthz").await.0, 200);
+    let (_, metrics) = get(relay.addr, "/metrics").await;
+    assert!(
+        metrics.contains("relay_sessions_refused_total 1\n"),
+        "counted: {metrics}"
+    );
     relay.stop().await;
 }
 
@@ -239,7 +244,13 @@ async fn with_every_connection_held_idle_healthz_and_a_new_kiosk_still_get_in() 
         .await
         .expect("a new kiosk gets a session");
     join(relay.addr, &sid).await;
-    // The oldest idle connections made room.
+    // The oldest idle connections made room, and were counted.
     closed(&mut idle[0]).await;
+    let (_, metrics) = get(relay.addr, "/metrics").await;
+    assert!(
+        !metrics.contains("relay_connections_closed_total{reason=\"evicted\"} 0\n")
+            && metrics.contains("relay_connections_closed_total{reason=\"evicted\"}"),
+        "counted: {metrics}"
+    );
     relay.stop().await;
 }

@@ -23,6 +23,7 @@ use socketioxide::extract::SocketRef;
 use tracing::debug;
 
 use crate::connection::opens_session;
+use prometheus_client::metrics::counter::Counter;
 
 /// What a refused session opener reads.
 pub const FULL_MESSAGE: &str = "too many new Socket.IO sessions at once (limits.max_pending_sessions); try again in a few seconds\n";
@@ -33,16 +34,20 @@ pub struct PendingSessions {
     open: AtomicUsize,
     max: usize,
     retry_after: String,
+    /// `relay_sessions_refused_total`.
+    refused: Counter,
 }
 
 impl PendingSessions {
     /// `join_timeout` is how long a pending session may live: the `Retry-After` of a refusal.
-    pub fn new(max: usize, join_timeout: Duration) -> Arc<Self> {
+    /// Each refusal counts in `refused`.
+    pub fn new(max: usize, join_timeout: Duration, refused: Counter) -> Arc<Self> {
         let seconds = join_timeout.as_secs_f64().ceil().max(1.0) as u64;
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
             retry_after: seconds.to_string(),
+            refused,
         })
     }
 
@@ -138,6 +143,7 @@ where
                     req.extensions_mut().insert(permit);
                 }
                 None => {
+                    self.sessions.refused.inc();
                     debug!(
                         max_pending_sessions = self.sessions.max,
                         "refused a new Socket.IO session"
@@ -174,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_session_counts_until_it_joins_or_is_gone() {
-        let sessions = PendingSessions::new(2, Duration::from_millis(200));
+        let sessions = PendingSessions::new(2, Duration::from_millis(200), Counter::default());
         assert_eq!(sessions.retry_after, "1");
         let first = sessions.try_open().expect("room");
         let second = sessions.try_open().expect("room");
