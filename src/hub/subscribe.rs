@@ -278,6 +278,9 @@ impl Hub {
             }
         };
         let replay = self.replay_for(&request, &targets);
+        if replay.is_none() {
+            self.prepare_rooms(&targets);
+        }
         let mut collections = BTreeMap::new();
         let mut routed = Vec::new();
         let mut snapshot_bytes = 0;
@@ -478,7 +481,6 @@ impl Hub {
     /// when compact), or why there are none.
     pub(super) fn snapshot(&self, target: &Target) -> Value {
         let collection = target.collection.as_str();
-        let shape = self.shapes.get(collection);
         match self.mirror.snapshot(collection) {
             Some(mut items) => {
                 if let Some(room) = &target.room {
@@ -486,20 +488,66 @@ impl Hub {
                         rooms::values(record, &room.field).contains(&room.value)
                     });
                 }
-                if shape.compact {
-                    let keys: Vec<&str> = items.iter().map(|(key, _)| key.as_str()).collect();
-                    return json!({ "mode": "snapshot", "keys": keys });
-                }
-                let items: Vec<Cow<Value>> = items
-                    .into_iter()
-                    .map(|(_, record)| shape.project(record))
-                    .collect();
-                json!({ "mode": "snapshot", "items": items })
+                self.shaped_snapshot(collection, items)
             }
             None => json!({
                 "mode": "none",
                 "reason": self.mirror.overflow(collection).map(|o| o.describe()),
             }),
+        }
+    }
+
+    /// A snapshot of `items` of `collection` as kiosks receive it: projected, or just the keys
+    /// when compact.
+    fn shaped_snapshot(&self, collection: &str, items: Vec<(&String, &Value)>) -> Value {
+        let shape = self.shapes.get(collection);
+        if shape.compact {
+            let keys: Vec<&str> = items.iter().map(|(key, _)| key.as_str()).collect();
+            return json!({ "mode": "snapshot", "keys": keys });
+        }
+        let items: Vec<Cow<Value>> = items
+            .into_iter()
+            .map(|(_, record)| shape.project(record))
+            .collect();
+        json!({ "mode": "snapshot", "items": items })
+    }
+
+    /// Serialises the snapshots of the routed rooms among `targets` that are not shared yet,
+    /// with one pass over a collection for all its rooms by the same field rather than one
+    /// pass per room, and keeps them for [`Hub::shared_snapshot`].
+    fn prepare_rooms(&mut self, targets: &[Target]) {
+        let mut wanted: BTreeMap<(&str, &str), BTreeMap<&str, &Target>> = BTreeMap::new();
+        for target in targets {
+            if let Some(room) = &target.room
+                && self.snapshots.get(&room.name).is_none()
+            {
+                wanted
+                    .entry((target.collection.as_str(), room.field.as_str()))
+                    .or_default()
+                    .insert(room.value.as_str(), target);
+            }
+        }
+        let mut prepared = Vec::new();
+        for ((collection, field), rooms) in wanted {
+            let Some(items) = self.mirror.snapshot(collection).filter(|_| rooms.len() > 1) else {
+                continue;
+            };
+            let mut by_value: HashMap<&str, Vec<(&String, &Value)>> = HashMap::new();
+            for (key, record) in items {
+                for value in rooms::values(record, field) {
+                    if let Some((value, _)) = rooms.get_key_value(value.as_str()) {
+                        by_value.entry(value).or_default().push((key, record));
+                    }
+                }
+            }
+            for (value, target) in rooms {
+                let items = by_value.remove(value).unwrap_or_default();
+                let entry = ack_entry(target, self.shaped_snapshot(collection, items));
+                prepared.push((target.room_name(), entry));
+            }
+        }
+        for (room, entry) in prepared {
+            self.snapshots.keep(room, &entry);
         }
     }
 
@@ -687,6 +735,63 @@ mod tests {
         let after = hub.shared_snapshot(&screens);
         assert!(!Arc::ptr_eq(&first, &after), "a change serialises anew");
         assert!(after.get().contains("Hall"), "{}", after.get());
+    }
+
+    #[test]
+    fn rooms_prepared_in_one_pass_are_the_rooms_snapshots() {
+        let mut hub = hub("[[collections]]\nname = \"notes\"\nrooms_by = [\"place\"]");
+        let places = [
+            json!("hall"),
+            json!("lobby"),
+            json!(["hall", "lobby"]),
+            json!(7),
+        ];
+        for (key, place) in places.iter().enumerate() {
+            hub.apply(change(
+                "notes",
+                Action::Create,
+                &[json!(key)],
+                Some(json!({"place": place, "text": format!("note {key}")})),
+            ));
+        }
+        let settings = hub.config.collection("notes").expect("notes").clone();
+        let target = |value: serde_json::Value| Target {
+            collection: "notes".into(),
+            room: Some(
+                super::routed_room(
+                    &settings,
+                    json!({ "place": value }).as_object().expect("object"),
+                )
+                .expect("a routed room"),
+            ),
+        };
+        let targets = [
+            target(json!("hall")),
+            target(json!("lobby")),
+            target(json!("7")),
+            target(json!("attic")),
+        ];
+        hub.prepare_rooms(&targets);
+        for target in &targets {
+            let prepared = hub.snapshots.get(&target.room_name()).expect("prepared");
+            let alone = super::ack_entry(target, hub.snapshot(target));
+            let parse = |raw: &serde_json::value::RawValue| {
+                let mut v: serde_json::Value = serde_json::from_str(raw.get()).expect("JSON");
+                if let Some(items) = v["items"].as_array_mut() {
+                    items.sort_by_key(|i| i["text"].to_string());
+                }
+                v
+            };
+            assert_eq!(parse(&prepared), parse(&alone), "{}", target.room_name());
+        }
+        let hall = hub.snapshots.get(&targets[0].room_name()).expect("hall");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(hall.get()).expect("JSON")["items"]
+                .as_array()
+                .map(Vec::len),
+            Some(2),
+            "hall holds the note in the hall and the one in both"
+        );
     }
 
     #[test]
