@@ -347,7 +347,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::super::event::Action;
-    use super::super::subscribe::Target;
+    use super::super::snapshot::Target;
     use super::super::testing::{change, events, hub};
 
     #[test]

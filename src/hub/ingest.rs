@@ -226,7 +226,7 @@ mod tests {
 
     use super::super::event::{Action, CurrentRecords, Key};
     use super::super::rooms;
-    use super::super::subscribe::Target;
+    use super::super::snapshot::Target;
     use super::super::testing::{change, events, hub};
     use super::super::{Room, UpstreamState};
 

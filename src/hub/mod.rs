@@ -10,9 +10,10 @@
 //!
 //! This file holds the hub's state, its inbox and its loop. What it does with a command is in
 //! child modules, each an `impl Hub` for one job: `ingest` (changes in), `deliver` (events
-//! out), `subscribe` (the kiosk protocol), `relay_status` (the upstream's state as kiosks and
-//! the relay see it), `persist` (the state file), `board` (the status page) and `figures`
-//! (metrics).
+//! out), `subscribe` (the kiosk protocol), `snapshot` (snapshots serialised once and shared),
+//! `relay_status` (the upstream's state as kiosks and the relay see it), `persist` (the state
+//! file), `board` (the status page) and `figures` (metrics); `snapshot_budget` keeps the
+//! snapshot answers in flight within their bound.
 
 mod board;
 mod deliver;
@@ -25,6 +26,7 @@ mod relay_status;
 pub mod replay;
 pub mod rooms;
 pub mod shape;
+mod snapshot;
 mod snapshot_budget;
 pub mod state_file;
 mod subscribe;
@@ -328,7 +330,7 @@ struct Hub {
     /// The status page's kiosks per room, as last counted.
     board_rooms: board::BoardRooms,
     /// Snapshots serialised since the mirror last changed, shared by every kiosk that asks.
-    snapshots: subscribe::SnapshotCache,
+    snapshots: snapshot::SnapshotCache,
     /// Snapshot answers queued to kiosks and not read yet, and the subscribes waiting for room.
     budget: snapshot_budget::SnapshotBudget<subscribe::Waiting>,
 }
@@ -372,7 +374,7 @@ impl Hub {
             dirty: false,
             writer: None,
             board_rooms: board::BoardRooms::default(),
-            snapshots: subscribe::SnapshotCache::new(mirror_bytes),
+            snapshots: snapshot::SnapshotCache::new(mirror_bytes),
             budget: snapshot_budget::SnapshotBudget::new(snapshot_bytes),
         }
     }

@@ -208,7 +208,7 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::super::event::Action;
-    use super::super::subscribe::Target;
+    use super::super::snapshot::Target;
     use super::super::testing::{change, hub, request};
     use super::super::{Hub, UpstreamState, state_file};
     use crate::clock;
