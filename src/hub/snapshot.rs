@@ -128,8 +128,9 @@ impl Hub {
 
     /// Serialises the snapshots of the routed rooms among `targets` that are not shared yet,
     /// with one pass over a collection for all its rooms by the same field rather than one
-    /// pass per room, and keeps them for [`Hub::shared_snapshot`].
-    pub(super) fn prepare_rooms(&mut self, targets: &[Target]) {
+    /// pass per room: returned by room name for this answer, and kept for the next kiosks
+    /// (within the cache's bound).
+    pub(super) fn prepare_rooms(&mut self, targets: &[Target]) -> HashMap<String, Arc<RawValue>> {
         let mut wanted: BTreeMap<(&str, &str), BTreeMap<&str, &Target>> = BTreeMap::new();
         for target in targets {
             if let Some(room) = &target.room
@@ -160,9 +161,10 @@ impl Hub {
                 prepared.push((target.room_name(), entry));
             }
         }
-        for (room, entry) in prepared {
-            self.snapshots.keep(room, &entry);
+        for (room, entry) in &prepared {
+            self.snapshots.keep(room.clone(), entry);
         }
+        prepared.into_iter().collect()
     }
 }
 
@@ -256,9 +258,14 @@ mod tests {
             target("7"),
             target("attic"),
         ];
-        hub.prepare_rooms(&targets);
+        let mut prepared = hub.prepare_rooms(&targets);
         for target in &targets {
-            let prepared = hub.snapshots.get(&target.room_name()).expect("prepared");
+            let kept = hub
+                .snapshots
+                .get(&target.room_name())
+                .expect("kept for the next kiosk");
+            let prepared = prepared.remove(&target.room_name()).expect("prepared");
+            assert!(Arc::ptr_eq(&kept, &prepared), "the same bytes");
             let alone = super::ack_entry(target, hub.snapshot(target));
             let parse = |raw: &serde_json::value::RawValue| {
                 let mut v: serde_json::Value = serde_json::from_str(raw.get()).expect("JSON");

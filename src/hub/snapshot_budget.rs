@@ -86,7 +86,9 @@ impl<W> SnapshotBudget<W> {
         self.waiting.is_empty() && self.fits(bytes)
     }
 
-    fn fits(&self, bytes: usize) -> bool {
+    /// Whether an answer of `bytes` fits now (or nothing else is charged), for a subscribe
+    /// that has waited its turn already.
+    pub(super) fn fits(&self, bytes: usize) -> bool {
         self.charged == 0 || self.charged + bytes <= self.limit
     }
 
@@ -122,11 +124,6 @@ impl<W> SnapshotBudget<W> {
             return None;
         }
         self.waiting.pop_front()
-    }
-
-    /// Whether a snapshot of `bytes` fits now, for a subscribe taken from the queue.
-    pub(super) fn fits_now(&self, bytes: usize) -> bool {
-        self.fits(bytes)
     }
 
     /// Charges an answer of `bytes` just queued to `socket`.

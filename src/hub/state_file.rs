@@ -468,14 +468,9 @@ mod tests {
         assert!(!dir.path().join("state.json.tmp").exists());
     }
 
-    #[test]
-    fn a_damaged_file_is_set_aside() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let full = serde_json::to_vec(&saved(3)).expect("json");
-        fs::write(dir.path().join(FILE_NAME), &full[..full.len() / 2]).expect("write");
-        assert_eq!(load(dir.path()), None);
-        assert!(!dir.path().join(FILE_NAME).exists());
-        let aside: Vec<_> = fs::read_dir(dir.path())
+    /// How many copies of a damaged file were set aside in `dir`.
+    fn corrupt_copies(dir: &Path) -> usize {
+        fs::read_dir(dir)
             .expect("dir")
             .filter_map(|e| e.ok())
             .filter(|e| {
@@ -483,8 +478,17 @@ mod tests {
                     .to_string_lossy()
                     .starts_with("state.json.corrupt-")
             })
-            .collect();
-        assert_eq!(aside.len(), 1);
+            .count()
+    }
+
+    #[test]
+    fn a_damaged_file_is_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full = serde_json::to_vec(&saved(3)).expect("json");
+        fs::write(dir.path().join(FILE_NAME), &full[..full.len() / 2]).expect("write");
+        assert_eq!(load(dir.path()), None);
+        assert!(!dir.path().join(FILE_NAME).exists());
+        assert_eq!(corrupt_copies(dir.path()), 1);
     }
 
     /// A collection nested past what serde_json reads (as a record accepted before the relay
@@ -512,16 +516,7 @@ mod tests {
         assert_eq!(saved.cursor, None, "the lost collection is read again");
         assert!(saved.ring.is_empty());
         assert!(dir.path().join(FILE_NAME).exists());
-        let copies = fs::read_dir(dir.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("state.json.corrupt-")
-            })
-            .count();
-        assert_eq!(copies, 1);
+        assert_eq!(corrupt_copies(dir.path()), 1);
 
         // A damaged ring loses the ring only.
         let file = r#"{"version":1,"epoch":"e","seq":9,"cursor":7,"saved_at":"t","saved_unix":1,"clean":true,

@@ -1,7 +1,7 @@
 //! The subscribe protocol: what a kiosk may ask for, the rooms it joins, and its ack with a
 //! snapshot or the events it missed (a replay).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -165,8 +165,8 @@ impl Hub {
             slot,
         };
         if let Some(waiting) = self.answer(asked, false) {
-            self.metrics.subscribes_waiting.inc();
             self.budget.wait(waiting);
+            self.note_budget();
         }
     }
 
@@ -174,13 +174,12 @@ impl Hub {
     /// came, while there is room.
     pub(super) fn answer_waiting(&mut self) {
         while let Some(waiting) = self.budget.next_waiting() {
-            self.metrics.subscribes_waiting.dec();
             if let Some(waiting) = self.answer(waiting, true) {
-                self.metrics.subscribes_waiting.inc();
                 self.budget.wait_first(waiting);
                 break;
             }
         }
+        self.note_budget();
     }
 
     /// Answers a subscribe: an ack with a replay or a snapshot, then the replayed events. A
@@ -212,9 +211,10 @@ impl Hub {
             }
         };
         let replay = self.replay_for(&request, &targets);
-        if replay.is_none() {
-            self.prepare_rooms(&targets);
-        }
+        let mut rooms = match replay {
+            None => self.prepare_rooms(&targets),
+            Some(_) => HashMap::new(),
+        };
         let mut collections = BTreeMap::new();
         let mut routed = Vec::new();
         let mut snapshot_bytes = 0;
@@ -227,7 +227,10 @@ impl Hub {
                         "events": events.iter().filter(|e| target.matches(e)).count(),
                     }),
                 ),
-                None => self.shared_snapshot(target),
+                None => match rooms.remove(&target.room_name()) {
+                    Some(entry) => entry,
+                    None => self.shared_snapshot(target),
+                },
             };
             if replay.is_none() {
                 snapshot_bytes += entry.get().len();
@@ -241,7 +244,7 @@ impl Hub {
         }
         if replay.is_none() {
             let room = match queued {
-                true => self.budget.fits_now(snapshot_bytes),
+                true => self.budget.fits(snapshot_bytes),
                 false => self.budget.admits(snapshot_bytes),
             };
             if !room {
@@ -301,18 +304,18 @@ impl Hub {
         for (socket, stalled) in checked.stalled {
             self.cut_off_stalled(&socket, stalled);
         }
-        let before = self.budget.waiting();
         self.budget.forget(|w| !w.socket.connected());
-        let gone = before - self.budget.waiting();
-        self.metrics.subscribes_waiting.dec_by(gone as i64);
         self.answer_waiting();
-        self.note_budget();
     }
 
+    /// The budget's figures: bytes charged and subscribes waiting.
     fn note_budget(&self) {
         self.metrics
             .snapshot_bytes_charged
             .set(self.budget.charged() as i64);
+        self.metrics
+            .subscribes_waiting
+            .set(self.budget.waiting() as i64);
     }
 
     /// What a subscribe asks for, checked against the relayed collections, their routed
