@@ -128,6 +128,12 @@ max_clients = {max_clients}
     def rss(self):
         return rss_kib(self.proc.pid)
 
+    def cpu_seconds(self):
+        """The relay's CPU time so far, user and system (its whole run, setup included)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
     def post(self, body):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         conn.request("POST", "/hooks/directus", body=json.dumps(body),
@@ -658,6 +664,7 @@ def main():
         for name in args.scenarios:
             print(f"--- {name}", file=sys.stderr, flush=True)
             relay, figures = SCENARIOS[name](args, out)
+            figures["relay_cpu_seconds"] = relay.cpu_seconds()
             figures["exit_status"] = relay.stop()
             figures["scenario"] = name
             results.write(json.dumps(figures) + "\n")
