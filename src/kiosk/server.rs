@@ -117,7 +117,9 @@ impl Kiosks {
                 (Refused::Throttled(_), _) => {
                     debug!(sid, ?peer, reason = %refused, "kiosk refused")
                 }
-                (Refused::NoToken, Some(peer)) => {
+                // Not guesses, but as cheap to repeat: a script opening sessions past
+                // max_clients logs one line per address per window, like one without a token.
+                (Refused::NoToken | Refused::Full(_), Some(peer)) => {
                     if self.throttle.worth_a_warning(peer, Instant::now()) {
                         warn!(sid, %peer, reason = %refused, "kiosk refused (once per address per clients.wrong_token_window)");
                     }
