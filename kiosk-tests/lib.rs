@@ -141,6 +141,27 @@ impl Relay {
         (status, response.text().await.unwrap_or_default())
     }
 
+    /// A request to the relay's HTTP API, with `bearer` as `Authorization: Bearer` and `body`
+    /// as JSON; returns the status and the JSON answer (`null` when it is not JSON).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Stops the relay the way SIGTERM does and checks it ended cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod demo;
+mod screens;
 
 pub use demo::{CLIENT_MISSING, DemoClient};
 
 use crate::config::{Config, Limits};
 use crate::connection;
 use crate::connections::{self, OpenConnections};
+use crate::fleet::Fleet;
 use crate::hub::HubHandle;
 use crate::metrics::{Metrics, ReasonLabels, reason_labels};
 use crate::tls::KioskTls;
@@ -82,10 +84,11 @@ fn status_json(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             &json!({ "error": "this relay's status needs its admin token ([admin] token)" }),
         ));
     }
-    let status = shared
+    let mut status = shared
         .metrics
         .board
         .render(&shared.config, &shared.hub.report());
+    status["fleet"] = shared.fleet.view();
     with_header(
         json_response(StatusCode::OK, &status),
         header::CACHE_CONTROL,
@@ -105,6 +108,8 @@ pub struct Shared {
     pub sink: webhook::Sink,
     /// The demo page's socket.io client.
     pub demo: Arc<DemoClient>,
+    /// The known screens.
+    pub fleet: Arc<Fleet>,
 }
 
 type Body = Full<Bytes>;
@@ -160,6 +165,9 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 &json!({ "ok": false, "error": reject.message }),
             ),
         };
+    }
+    if path.starts_with("/api/") {
+        return screens::route(req, shared).await;
     }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => {

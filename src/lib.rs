@@ -43,14 +43,18 @@
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
+pub mod atomic_file;
 pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod connections;
+pub mod device;
+pub mod fleet;
 pub mod http;
 pub mod hub;
 pub mod kiosk;
+pub mod kiosk_queue;
 pub mod metrics;
 pub mod nesting;
 pub mod report;
@@ -111,6 +115,7 @@ pub async fn run_with_reload(
     let stop_tasks = CancellationToken::new();
 
     let (hub, inbox) = hub::channel(&config);
+    let fleet = fleet::Fleet::new(&config, metrics.clone());
     let (sink, webhooks, journal_inbox) = upstream::webhook_sink(&config, &hub);
     let shared = http::Shared {
         config: config.clone(),
@@ -119,6 +124,7 @@ pub async fn run_with_reload(
         ready: Arc::new(AtomicBool::new(false)),
         sink,
         demo: Arc::new(http::DemoClient::new(&config.demo)),
+        fleet: fleet.clone(),
     };
     connections::check_descriptor_limit(&config.limits);
     let (svc, io) =
@@ -130,8 +136,16 @@ pub async fn run_with_reload(
         metrics.sessions_refused.clone(),
     );
     let svc = kiosk::pending::Gate::new(svc, pending);
-    kiosk::server::attach(&io, hub.clone(), metrics.clone(), throttle.clone(), &config);
+    kiosk::server::attach(
+        &io,
+        hub.clone(),
+        metrics.clone(),
+        throttle.clone(),
+        fleet.clone(),
+        &config,
+    );
     throttle.spawn_summary(stop_tasks.clone(), &tracker);
+    fleet.spawn(stop_tasks.clone(), &tracker);
     let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     // With webhook.durable: what was answered 202 after the last state write, replayed below.

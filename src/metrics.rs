@@ -105,6 +105,18 @@ pub struct Metrics {
     pub journal_sync_seconds: Counter<f64, AtomicU64>,
     /// Bytes in the webhook journal's files.
     pub journal_bytes: Gauge,
+    /// Known screens by state (`online`, `away`, `missing`).
+    pub screens: Family<StateLabels, Gauge>,
+    /// Unix time each known screen was last seen (connected: now); at most
+    /// `clients.max_screens` devices, removed when a screen is forgotten.
+    pub screen_last_seen: Family<DeviceLabels, Gauge>,
+    /// Commands sent to screens, by outcome (`acked`, `not-acked`, `not-connected`).
+    pub screen_commands: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -123,6 +135,9 @@ impl Metrics {
         let m = Metrics {
             kiosks_connected: Gauge::default(),
             kiosks_refused: Family::default(),
+            screens: Family::default(),
+            screen_last_seen: Family::default(),
+            screen_commands: Family::default(),
             changes_in: Family::default(),
             duplicates: Family::default(),
             events_out: Family::default(),
@@ -232,6 +247,21 @@ impl Metrics {
             m.subscribes_waiting.clone(),
         );
         registry.register("seq", "Seq of the newest event", m.seq.clone());
+        registry.register(
+            "screens",
+            "Known screens by state (clients.missing_after)",
+            m.screens.clone(),
+        );
+        registry.register(
+            "screen_last_seen_timestamp_seconds",
+            "Unix time each known screen was last seen (clients.max_screens devices at most)",
+            m.screen_last_seen.clone(),
+        );
+        registry.register(
+            "screen_commands",
+            "Commands sent to screens by outcome",
+            m.screen_commands.clone(),
+        );
         registry.register(
             "replay_events",
             "Events held for resuming kiosks",

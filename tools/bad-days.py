@@ -162,7 +162,8 @@ def budget_mib(max_clients, mirror_bytes=16 * MIB, replay_bytes=8 * MIB, kiosk_q
     total = (8 * MIB + ((21 + 140) << 10) * max_clients + (11 << 10) * pending
              + (16 << 10) * connections + 3 * mirror_bytes + replay_bytes
              + kiosk_queue * max_event_bytes + 3 * 32 * MIB
-             + max(snapshot_bytes, mirror_bytes) + mirror_bytes + (32 << 10) * max_clients)
+             + max(snapshot_bytes, mirror_bytes) + mirror_bytes + (32 << 10) * max_clients
+             + (2 << 10) * max(1000, max_clients))
     return total / MIB
 
 

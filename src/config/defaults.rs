@@ -18,6 +18,12 @@ pub fn state_dir() -> PathBuf {
 pub fn shutdown_grace() -> Duration {
     Duration::from_secs(5)
 }
+pub fn missing_after() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+pub fn max_screens() -> usize {
+    1000
+}
 pub fn persist_interval() -> Duration {
     Duration::from_secs(5)
 }

@@ -197,5 +197,8 @@ mod tests {
         assert_eq!(limits.max_connections(), 1064);
         let mib = limits.memory_budget_bytes() as f64 / (1u64 << 20) as f64;
         assert_eq!(mib.round(), 372.0, "{mib} MiB");
+        let config = super::super::Config::default();
+        let mib = config.memory_budget_bytes() as f64 / (1u64 << 20) as f64;
+        assert_eq!(mib.round(), 374.0, "with the known screens: {mib} MiB");
     }
 }

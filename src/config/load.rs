@@ -54,6 +54,7 @@ impl Config {
                 token: Some(Secret::generate()),
                 token_file: None,
                 collections: defaults::all_collections(),
+                devices: None,
             });
         }
         config.validate()?;

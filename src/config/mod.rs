@@ -76,6 +76,11 @@ pub struct Config {
     pub demo: DemoConfig,
 }
 
+/// What one known screen may hold: its identity, address, user agent, subscriptions, the
+/// times of its last 64 connects and cut-offs, and its last-seen metric (estimated from the
+/// sizes of those fields).
+pub const SCREEN_BYTES: u64 = 2 << 10;
+
 impl Config {
     /// Whether the relay needs a webhook secret: it receives webhooks as its source.
     pub fn needs_webhook_secret(&self) -> bool {
@@ -91,6 +96,12 @@ impl Config {
             return Some(CollectionConfig::new(name));
         }
         self.collections.iter().find(|c| c.name == name).cloned()
+    }
+
+    /// The worst-case memory of a relay with this config: [`Limits::memory_budget_bytes`] and
+    /// the known screens (`clients.max_screens`, [`SCREEN_BYTES`] each).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.limits.memory_budget_bytes() + SCREEN_BYTES * self.clients.max_screens as u64
     }
 
     /// The effective configuration as TOML, secrets masked.

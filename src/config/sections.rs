@@ -102,6 +102,13 @@ pub struct ClientsConfig {
     /// [`MAX_WRONG_TOKEN_BACKOFF`].
     #[serde(default = "defaults::wrong_token_backoff", with = "duration")]
     pub wrong_token_backoff: Duration,
+    /// A known screen (a kiosk that named its `device`) away this long is reported missing.
+    #[serde(default = "defaults::missing_after", with = "duration")]
+    pub missing_after: Duration,
+    /// The most screens remembered; a new one past it makes the relay forget the screen away
+    /// longest. At least `limits.max_clients`.
+    #[serde(default = "defaults::max_screens")]
+    pub max_screens: usize,
 }
 
 /// The longest an address is refused for wrong kiosk tokens, however often it comes back.
@@ -117,6 +124,8 @@ impl Default for ClientsConfig {
             wrong_token_limit: defaults::wrong_token_limit(),
             wrong_token_window: defaults::wrong_token_window(),
             wrong_token_backoff: defaults::wrong_token_backoff(),
+            missing_after: defaults::missing_after(),
+            max_screens: defaults::max_screens(),
         }
     }
 }
@@ -134,6 +143,10 @@ pub struct TokenConfig {
     pub token_file: Option<PathBuf>,
     /// The collections kiosks with this token may read (`["*"]`: all).
     pub collections: Vec<String>,
+    /// The devices that may use this token: ids, or patterns with one `*` (`"lobby-*"`).
+    /// Absent: any device, and kiosks that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
 }
 
 impl ClientsConfig {

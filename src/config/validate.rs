@@ -15,6 +15,7 @@ use super::{
     expand_event_name,
 };
 use crate::certificate;
+use crate::device::is_device_pattern;
 
 /// Paths the relay serves itself; the webhook path may not shadow them.
 const RESERVED_PATHS: [&str; 7] = [
@@ -301,6 +302,34 @@ impl Config {
                 ));
             }
             self.validate_readable(&format!("{key}.collections"), &t.collections)?;
+            if let Some(devices) = &t.devices {
+                if devices.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.devices"),
+                        "is empty, so no screen could use the token: name device ids or patterns (\"lobby-*\"), or remove the key to let any device use it",
+                    ));
+                }
+                if let Some(bad) = devices.iter().find(|d| !is_device_pattern(d)) {
+                    return Err(invalid(
+                        format!("{key}.devices"),
+                        format!(
+                            "{bad:?} is not a device id or pattern: letters, digits, '.', '_', ':' and '-', with at most one '*'"
+                        ),
+                    ));
+                }
+            }
+        }
+        if clients.missing_after < Duration::from_secs(1) {
+            return Err(invalid("clients.missing_after", "must be at least 1s"));
+        }
+        if clients.max_screens < self.limits.max_clients {
+            return Err(invalid(
+                "clients.max_screens",
+                format!(
+                    "is {}, below limits.max_clients ({}): every connected screen must fit the list",
+                    clients.max_screens, self.limits.max_clients
+                ),
+            ));
         }
         Ok(())
     }

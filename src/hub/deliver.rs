@@ -16,6 +16,8 @@ use super::event::{Event, EventBody, EventName, Stamped};
 use super::rooms::{self, Item};
 use super::{ALL_ROOM, Hub, Room};
 use crate::clock::{self, now_rfc3339};
+use crate::fleet::tally::ScreenTag;
+use crate::kiosk_queue::queue_full;
 use crate::metrics;
 
 /// How long the hub keeps trying to disconnect a kiosk whose queue was full.
@@ -209,6 +211,8 @@ impl Hub {
             if queue_full(socket) {
                 self.cut_off(socket);
                 receivers -= 1;
+            } else if let Some(tag) = socket.extensions.get::<ScreenTag>() {
+                tag.tally.delivered(1);
             }
         }
         let sent = ns
@@ -251,6 +255,9 @@ impl Hub {
         match socket.emit(&*event.name, &*event.body) {
             Ok(()) => {
                 self.metrics.deliveries.inc();
+                if let Some(tag) = socket.extensions.get::<ScreenTag>() {
+                    tag.tally.delivered(1);
+                }
             }
             Err(e) => self.send_failed(socket, e),
         }
@@ -302,6 +309,9 @@ impl Hub {
     /// has none of its own.
     fn disconnect_kiosk(&self, socket: &SocketRef) {
         socket.extensions.insert(CutOff);
+        if let Some(tag) = socket.extensions.get::<ScreenTag>() {
+            tag.tally.cut_off();
+        }
         socket.leave_all();
         self.metrics.note_room_change();
         self.metrics.kiosk_overflows.inc();
@@ -321,25 +331,6 @@ impl Hub {
             }
         });
     }
-}
-
-/// Whether a kiosk's queue has no room for one more packet. Asking socketioxide to emit a value
-/// that refuses to serialise takes a place in the queue and gives it back at once: the answer
-/// says whether there was one, and nothing is sent. It runs for every kiosk on every event, so
-/// it is kept cheap: an empty event name (nothing to escape) and an empty error message
-/// (serde_json then allocates only its error box, and finds no position in the message).
-fn queue_full(socket: &SocketRef) -> bool {
-    struct Probe;
-    impl serde::Serialize for Probe {
-        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-            Err(serde::ser::Error::custom(""))
-        }
-    }
-    use socketioxide::{SendError, SocketError};
-    matches!(
-        socket.emit("", &Probe),
-        Err(SendError::Socket(SocketError::InternalChannelFull))
-    )
 }
 
 #[cfg(test)]

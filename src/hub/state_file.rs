@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,19 +273,9 @@ pub fn load(dir: &Path) -> Option<Saved> {
     }
 }
 
-/// Writes `bytes` as the state file: a temporary file, fsync, rename over the old one, fsync
-/// of the folder. A crash at any point leaves the old file or the new one, never a mix.
+/// Writes `bytes` as the state file, replacing it whole ([`crate::atomic_file`]).
 pub fn write_atomic(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(TMP_NAME);
-    {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::atomic_file::write(dir, FILE_NAME, bytes)
 }
 
 /// A serialised state offered to the writer, and the last webhook journal record it includes.

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{ClientsConfig, Secret};
+use crate::fleet::identity::BadDevice;
 
 /// What one kiosk may read, kept in its socket's extensions.
 #[derive(Debug, Clone)]
@@ -17,14 +18,26 @@ pub struct Access {
     pub name: Arc<str>,
     /// The readable collections; `None`: every relayed collection.
     collections: Option<Arc<HashSet<String>>>,
+    /// The devices that may use the token (`clients.tokens.devices`); `None`: any, or none.
+    devices: Option<Arc<[String]>>,
 }
 
 impl Access {
-    fn new(name: &str, collections: &[String]) -> Self {
+    fn new(name: &str, collections: &[String], devices: Option<&[String]>) -> Self {
         let all = collections.iter().any(|c| c == "*");
         Self {
             name: name.into(),
             collections: (!all).then(|| Arc::new(collections.iter().cloned().collect())),
+            devices: devices.map(Arc::from),
+        }
+    }
+
+    /// Whether a kiosk that named `device` (or none) may use this token.
+    pub fn device_allowed(&self, device: Option<&str>) -> bool {
+        match (&self.devices, device) {
+            (None, _) => true,
+            (Some(patterns), Some(device)) => crate::device::device_allowed(patterns, device),
+            (Some(_), None) => false,
         }
     }
 
@@ -53,6 +66,8 @@ pub enum Refused {
     /// Too many wrong tokens came from the kiosk's address: refused for this many more
     /// seconds without looking at the token.
     Throttled(u64),
+    /// The handshake's `device` is malformed, or the token is limited to other devices.
+    Device(BadDevice),
 }
 
 impl Refused {
@@ -63,6 +78,7 @@ impl Refused {
             Refused::NoToken => "no-token",
             Refused::BadToken => "bad-token",
             Refused::Throttled(_) => "throttled",
+            Refused::Device(_) => "bad-device",
         }
     }
 }
@@ -82,6 +98,7 @@ impl fmt::Display for Refused {
                 f,
                 "too many wrong kiosk tokens from this address; try again in {secs} s (clients.wrong_token_limit)"
             ),
+            Refused::Device(bad) => bad.fmt(f),
         }
     }
 }
@@ -97,13 +114,16 @@ impl Gate {
     pub fn new(clients: &ClientsConfig) -> Self {
         let anonymous = clients
             .allow_anonymous
-            .then(|| Access::new("anonymous", &clients.anonymous_collections));
+            .then(|| Access::new("anonymous", &clients.anonymous_collections, None));
         let tokens = clients
             .tokens
             .iter()
             .filter_map(|t| {
                 let secret = t.token.clone()?;
-                Some((secret, Access::new(&t.name, &t.collections)))
+                Some((
+                    secret,
+                    Access::new(&t.name, &t.collections, t.devices.as_deref()),
+                ))
             })
             .collect();
         Self { anonymous, tokens }
@@ -193,5 +213,33 @@ collections = ["*"]
             gate.admit(Some("not-a-token")).expect_err("refused"),
             Refused::BadToken
         );
+    }
+
+    #[test]
+    fn a_token_limited_to_devices_admits_only_them() {
+        let limited = gate(
+            r#"
+[[clients.tokens]]
+name = "lobby"
+token = "lobby-token-0123456789"
+collections = ["screens"]
+devices = ["lobby-*", "hall"]
+"#,
+        );
+        let lobby = limited
+            .admit(Some("lobby-token-0123456789"))
+            .expect("admitted");
+        assert!(lobby.device_allowed(Some("lobby-left")));
+        assert!(lobby.device_allowed(Some("hall")));
+        assert!(!lobby.device_allowed(Some("office")));
+        assert!(
+            !lobby.device_allowed(None),
+            "a limited token needs a device"
+        );
+        let open = gate(TOKENS)
+            .admit(Some("office-token-0123456789"))
+            .expect("admitted");
+        assert!(open.device_allowed(None));
+        assert!(open.device_allowed(Some("anything")));
     }
 }

@@ -23,6 +23,8 @@ use super::access::{Access, Gate, Refused};
 use super::throttle::Throttle;
 use crate::config::{Config, Limits};
 use crate::connection::ConnectionHandle;
+use crate::fleet::Fleet;
+use crate::fleet::identity::Identity;
 use crate::hub::shape::Shapes;
 use crate::hub::{
     self, Command, HubHandle, SUBSCRIBE_IN_PROGRESS, SubscribeRequest, SubscribeSlot,
@@ -58,6 +60,7 @@ pub fn attach(
     hub: HubHandle,
     metrics: Arc<Metrics>,
     throttle: Arc<Throttle>,
+    fleet: Arc<Fleet>,
     config: &Config,
 ) {
     let connected = Arc::new(AtomicUsize::new(0));
@@ -70,6 +73,7 @@ pub fn attach(
             max_clients: config.limits.max_clients,
             gate: gate.clone(),
             throttle: throttle.clone(),
+            fleet: fleet.clone(),
         };
         let hub = hub.clone();
         let announce = async move |socket: SocketRef| {
@@ -92,6 +96,7 @@ struct Kiosks {
     max_clients: usize,
     gate: Arc<Gate>,
     throttle: Arc<Throttle>,
+    fleet: Arc<Fleet>,
 }
 
 impl Kiosks {
@@ -139,17 +144,26 @@ impl Kiosks {
             Some(_) => return Err(refuse(Refused::BadToken)),
         };
         let access = self.gate.admit(token).map_err(refuse)?;
+        let identity = Identity::from_handshake(&auth, socket.req_parts().uri.query())
+            .map_err(|bad| refuse(Refused::Device(bad)))?;
+        if !access.device_allowed(identity.device.as_deref()) {
+            return Err(refuse(Refused::Device(
+                crate::fleet::identity::BadDevice::NotAllowed,
+            )));
+        }
         if self.connected.fetch_add(1, Ordering::SeqCst) >= self.max_clients {
             self.connected.fetch_sub(1, Ordering::SeqCst);
             return Err(refuse(Refused::Full(self.max_clients)));
         }
         super::pending::joined(&socket);
         let will_subscribe = auth.get("collections").is_some();
+        self.fleet.connected(&socket, &identity, &access.name);
         set_up(
             &socket,
             self.hub.clone(),
             self.metrics.clone(),
             self.connected.clone(),
+            self.fleet.clone(),
             access,
             will_subscribe,
         );
@@ -173,6 +187,7 @@ fn set_up(
     hub: HubHandle,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicUsize>,
+    fleet: Arc<Fleet>,
     access: Access,
     will_subscribe: bool,
 ) {
@@ -194,6 +209,7 @@ fn set_up(
     socket.extensions.insert(access);
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         connected.fetch_sub(1, Ordering::SeqCst);
+        fleet.disconnected(&socket);
         metrics.kiosks_connected.dec();
         // socketioxide takes it out of its rooms just after this handler: the hub recounts
         // on the next two ticks, so the second count sees it gone.
