@@ -101,6 +101,8 @@ struct State {
     requests: Vec<String>,
     flows: Vec<Value>,
     operations: Vec<Value>,
+    /// Collections made through `POST /collections` (the heartbeat's), with their rows.
+    made: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 /// The fake server. Cheap to clone; every clone drives the same server.
@@ -383,7 +385,10 @@ impl FakeDirectus {
         if path.starts_with("/flows") || path.starts_with("/operations") {
             return self.flows(req, &bearer).await;
         }
-        let authorized = bearer == TOKEN;
+        if path == "/collections" || (path.starts_with("/items/") && req.method() != "GET") {
+            return self.writes(req, &bearer).await;
+        }
+        let authorized = bearer == TOKEN || bearer == ADMIN_TOKEN;
         if !authorized {
             return json_response(
                 StatusCode::UNAUTHORIZED,
@@ -409,6 +414,16 @@ impl FakeDirectus {
             return json_response(StatusCode::OK, json!({"data": self.activity(&params)}));
         }
         if let Some(collection) = path.strip_prefix("/collections/") {
+            let known = {
+                let state = self.state();
+                state.items.contains_key(collection) || state.made.contains_key(collection)
+            };
+            if !known {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({"errors":[{"message":"You don't have permission to access this.","extensions":{"code":"FORBIDDEN"}}]}),
+                );
+            }
             let off = self.state().activity_off.iter().any(|c| c == collection);
             let accountability = if off { Value::Null } else { json!("all") };
             return json_response(
@@ -429,6 +444,77 @@ impl FakeDirectus {
             StatusCode::NOT_FOUND,
             json!({"errors":[{"message":"Route doesn't exist."}]}),
         )
+    }
+
+    /// Writes: `POST /collections` (admin only) makes a collection; `POST /items/<c>` creates
+    /// and `PATCH /items/<c>/<key>` updates a row of one made so (keyed by `site`); like
+    /// Directus, an update of a missing row and anything on an unknown collection is a 403.
+    async fn writes(&self, req: Request<Incoming>, bearer: &str) -> Response<Full<Bytes>> {
+        use http_body_util::BodyExt;
+        let forbidden = || {
+            json_response(
+                StatusCode::FORBIDDEN,
+                json!({"errors":[{"message":"You don't have permission to access this.","extensions":{"code":"FORBIDDEN"}}]}),
+            )
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut state = self.state();
+        if path == "/collections" {
+            if bearer != ADMIN_TOKEN || method != "POST" {
+                return forbidden();
+            }
+            let name = body["collection"].as_str().unwrap_or_default().to_owned();
+            state.made.insert(name, BTreeMap::new());
+            return json_response(StatusCode::OK, json!({ "data": body }));
+        }
+        if bearer != TOKEN && bearer != ADMIN_TOKEN {
+            return forbidden();
+        }
+        let rest = path.trim_start_matches("/items/");
+        let (collection, key) = match rest.split_once('/') {
+            Some((c, k)) => (c.to_owned(), Some(k.to_owned())),
+            None => (rest.to_owned(), None),
+        };
+        let Some(rows) = state.made.get_mut(&collection) else {
+            return forbidden();
+        };
+        match (method.as_str(), key) {
+            ("PATCH", Some(key)) => match rows.get_mut(&key) {
+                Some(Value::Object(row)) => {
+                    if let Value::Object(fields) = body {
+                        row.extend(fields);
+                    }
+                    let row = Value::Object(row.clone());
+                    json_response(StatusCode::OK, json!({ "data": row }))
+                }
+                _ => forbidden(),
+            },
+            ("POST", None) => {
+                let key = body["site"].as_str().unwrap_or_default().to_owned();
+                if rows.contains_key(&key) {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"errors":[{"message":"Value for field \"site\" in collection has to be unique.","extensions":{"code":"RECORD_NOT_UNIQUE"}}]}),
+                    );
+                }
+                rows.insert(key, body.clone());
+                json_response(StatusCode::OK, json!({ "data": body }))
+            }
+            _ => forbidden(),
+        }
+    }
+
+    /// The rows of a collection made through `POST /collections`, if it was.
+    pub fn made_rows(&self, collection: &str) -> Option<BTreeMap<String, Value>> {
+        self.state().made.get(collection).cloned()
     }
 
     /// Flows and operations, for `setup-flow`: admin only, like Directus.

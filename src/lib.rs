@@ -145,7 +145,15 @@ pub async fn run_with_reload(
         &config,
     );
     throttle.spawn_summary(stop_tasks.clone(), &tracker);
-    fleet.spawn(stop_tasks.clone(), &tracker);
+    fleet.clone().spawn(stop_tasks.clone(), &tracker);
+    upstream::heartbeat::spawn(
+        &config,
+        hub.clone(),
+        fleet.clone(),
+        metrics.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    );
     let saved = hub::state_file::load(&config.state_dir);
     let resume_cursor = saved.as_ref().and_then(resumable_cursor);
     // With webhook.durable: what was answered 202 after the last state write, replayed below.

@@ -204,26 +204,34 @@ async fn setup_flow(
     if let Some(warning) = flow::deny_list_warning(&relay_url) {
         eprintln!("warning: {warning}");
     }
-    match flow::setup(config, Secret::new(token), &relay_url).await {
+    let token = Secret::new(token);
+    match flow::setup(config, token.clone(), &relay_url).await {
         Ok(flow::Outcome::Created(id)) => {
             println!(
                 "created the Flow {:?} ({id}) posting to {relay_url}",
                 flow::FLOW_NAME
             );
-            ExitCode::SUCCESS
         }
         Ok(flow::Outcome::Updated(id)) => {
             println!(
                 "updated the Flow {:?} ({id}) posting to {relay_url}",
                 flow::FLOW_NAME
             );
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("directus-relay: setup-flow failed: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
     }
+    match flow::setup_heartbeat(config, token).await {
+        Ok(Some(note)) => println!("{note}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("directus-relay: setup-flow could not create the heartbeat collection: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {

@@ -736,3 +736,78 @@ async fn the_status_page_follows_directus_going_away_and_back() {
     s.relay.stop().await;
     s.fake.stop();
 }
+
+/// `[directus] heartbeat_collection`: `setup-flow` creates the collection once, `check` writes
+/// the site's row, and the running relay keeps one row up to date with its screens, at once
+/// when a screen comes or goes missing.
+#[tokio::test]
+async fn the_site_heartbeat_row_follows_the_screens() {
+    use directus_relay::upstream::{check, flow};
+    let s = setup("poll", "heartbeat_collection = \"relay_sites\"", |_| {}).await;
+    let toml = format!(
+        "site_name = \"museum-hall\"\nclients.missing_after = \"1s\"\n{}",
+        s.config
+    );
+    let config = directus_relay::Config::from_toml(&toml).expect("valid");
+    // Only the relay started below writes rows.
+    s.relay.stop().await;
+
+    let lines = check::run(&config).await;
+    let write = lines
+        .iter()
+        .find(|l| l.what == "write relay_sites")
+        .expect("checked");
+    assert!(!write.ok, "the collection does not exist yet: {lines:?}");
+    assert!(write.detail.contains("setup-flow"), "{}", write.detail);
+
+    let admin = directus_relay::config::Secret::new(ADMIN_TOKEN);
+    let made = flow::setup_heartbeat(&config, admin.clone())
+        .await
+        .expect("made");
+    assert!(made.is_some_and(|m| m.contains("created")));
+    let again = flow::setup_heartbeat(&config, admin).await.expect("left");
+    assert!(again.is_some_and(|m| m.contains("exists")));
+    let lines = check::run(&config).await;
+    assert!(lines.iter().all(|l| l.ok), "{lines:?}");
+    assert_eq!(
+        s.fake.made_rows("relay_sites").expect("made")["museum-hall"]["upstream"],
+        "checked"
+    );
+
+    let relay = Relay::start(&toml).await;
+    let kiosk = Kiosk::connect_with_auth(&relay, json!({"device": "hall-left"})).await;
+    let row = wait_row(&s.fake, |row| row["screens_online"] == 1).await;
+    assert_eq!(row["site"], "museum-hall");
+    assert_eq!(row["upstream"], "live");
+    assert!(row["version"].as_str().is_some_and(|v| v.contains('.')), "{row}");
+    assert!(row["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{row}");
+    kiosk.disconnect().await;
+    let row = wait_row(&s.fake, |row| row["screens_missing"] == 1).await;
+    assert_eq!(row["missing_screens"], "hall-left");
+    assert_eq!(
+        s.fake.made_rows("relay_sites").expect("made").len(),
+        1,
+        "one row per site"
+    );
+    relay.stop().await;
+    s.fake.stop();
+}
+
+/// Waits until the site's heartbeat row satisfies `ok`.
+async fn wait_row(fake: &FakeDirectus, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = fake
+            .made_rows("relay_sites")
+            .and_then(|rows| rows.get("museum-hall").cloned())
+            .unwrap_or(Value::Null);
+        if ok(&row) {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "row never matched: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

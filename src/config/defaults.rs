@@ -18,6 +18,14 @@ pub fn state_dir() -> PathBuf {
 pub fn shutdown_grace() -> Duration {
     Duration::from_secs(5)
 }
+/// The machine's host name (`directus-relay` when it cannot be read).
+pub fn site_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "directus-relay".into())
+}
 pub fn missing_after() -> Duration {
     Duration::from_secs(5 * 60)
 }

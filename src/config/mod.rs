@@ -44,6 +44,10 @@ pub struct Config {
     /// One HTTP port for Socket.IO, the webhook, `/healthz`, `/readyz` and `/metrics`.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
+    /// The site's name, as the status page and the heartbeat row in Directus show it: the
+    /// machine's host name unless set.
+    #[serde(default = "defaults::site_name")]
+    pub site_name: String,
     /// Where the relay keeps its state file.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
@@ -114,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: defaults::listen(),
+            site_name: defaults::site_name(),
             state_dir: defaults::state_dir(),
             shutdown_grace: defaults::shutdown_grace(),
             persist_interval: defaults::persist_interval(),

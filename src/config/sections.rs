@@ -247,6 +247,11 @@ pub struct DirectusConfig {
     /// Timeout of every request to Directus.
     #[serde(default = "defaults::request_timeout", with = "duration")]
     pub request_timeout: Duration,
+    /// A collection the relay writes one row into for itself every minute (keyed by
+    /// `site_name`: upstream state, screens online and missing, last change, memory). Absent:
+    /// nothing is written to Directus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_collection: Option<String>,
 }
 
 /// `[tls]`: the certificate kiosks see. Both files are PEM; the key may be PKCS#8, RSA

@@ -42,6 +42,13 @@ impl Config {
             }
         }
         self.validate_collections()?;
+        let site = self.site_name.trim();
+        if site.is_empty() || site.len() > 100 || site.chars().any(char::is_control) {
+            return Err(invalid(
+                "site_name",
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
         if self.persist_interval < Duration::from_millis(100) {
             return Err(invalid("persist_interval", "must be at least 100ms"));
         }
@@ -364,6 +371,12 @@ impl TlsConfig {
 }
 
 fn validate_directus(d: &DirectusConfig) -> Result<(), ConfigError> {
+    if let Some(collection) = d.heartbeat_collection.as_ref().filter(|c| !is_name(c)) {
+        return Err(invalid(
+            "directus.heartbeat_collection",
+            format!("{collection:?} is not a collection name (letters, digits, _ and -)"),
+        ));
+    }
     match d.url.scheme() {
         "https" => {}
         "http" if is_loopback(&d.url) => {}

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::config::{Config, Mode};
 use crate::upstream::directus::{Accountability, Directus, DirectusError};
+use crate::upstream::heartbeat::Heartbeat;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +127,19 @@ pub async fn run(config: &Config) -> Vec<Line> {
         ),
         (None, false) => ok("websocket", "disabled (not needed in this mode)"),
     });
+    if let Some(collection) = &directus.heartbeat_collection {
+        let what = format!("write {collection}");
+        let mut heartbeat = Heartbeat::new(client, collection, &config.site_name);
+        let row =
+            serde_json::json!({ "upstream": "checked", "updated": crate::clock::now_rfc3339() });
+        lines.push(match heartbeat.write(row).await {
+            Ok(()) => ok(what, format!("the site's row {:?} is written (directus.heartbeat_collection)", config.site_name)),
+            Err(e) => fail(
+                what,
+                format!("{e}. Create the collection (directus-relay setup-flow does) and give the relay's user create and update on it"),
+            ),
+        });
+    }
     lines
 }
 

@@ -16,6 +16,31 @@ pub enum Outcome {
     Updated(String),
 }
 
+/// Creates `directus.heartbeat_collection` with `admin_token` unless it exists; says what it
+/// did, or `None` when no heartbeat collection is configured.
+pub async fn setup_heartbeat(
+    config: &Config,
+    admin_token: crate::config::Secret,
+) -> Result<Option<String>, String> {
+    let Some(directus) = &config.directus else {
+        return Ok(None);
+    };
+    let Some(collection) = &directus.heartbeat_collection else {
+        return Ok(None);
+    };
+    let mut client = Directus::new(directus)?.with_auth(Auth::Token(admin_token));
+    let created = crate::upstream::heartbeat::ensure_collection(&mut client, collection)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(if created {
+        format!(
+            "created the collection {collection:?} for the site's heartbeat row; give the relay's user create and update on it"
+        )
+    } else {
+        format!("the heartbeat collection {collection:?} exists; left as it is")
+    }))
+}
+
 /// Creates or updates the Flow with `admin_token`, pointing it at `relay_url`.
 pub async fn setup(
     config: &Config,

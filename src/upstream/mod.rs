@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod check;
 pub mod directus;
 pub mod flow;
+pub mod heartbeat;
 pub mod journal;
 pub mod sync;
 pub mod tls;
