@@ -182,7 +182,7 @@ tests_rc=0
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
   kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs python.test.mjs browser.test.mjs \
-  baddays.test.mjs) || tests_rc=$?
+  baddays.test.mjs fleet.test.mjs) || tests_rc=$?
 
 count() { # the number after "# <word>" in the TAP summary, 0 when absent
   local n

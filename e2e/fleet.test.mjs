@@ -1,0 +1,108 @@
+// Screens as a fleet with the real socket.io-client 4: three screens that name their device,
+// commands acknowledged by them (one screen, then all), one that goes dark reported missing
+// after clients.missing_after, and the admin token required to act.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { io } from "socket.io-client";
+import { report, sleep, startOwnRelay } from "./helpers.mjs";
+
+const SECRET = "fleet-secret-0123456789";
+const ADMIN = "fleet-admin-0123456789abcdef";
+const TOKEN = "fleet-screens-0123456789";
+const PATIENCE_MS = 20_000;
+
+const CONFIG = `[webhook]
+secret = "${SECRET}"
+[[collections]]
+name = "screens"
+[admin]
+token = "${ADMIN}"
+[clients]
+missing_after = "2s"
+[[clients.tokens]]
+name = "screens"
+token = "${TOKEN}"
+collections = ["screens"]
+devices = ["lobby-*", "hall"]
+`;
+
+/** A screen as a page built on socket.io-client does it: it acknowledges every command. */
+function screen(url, device, name) {
+  const socket = io(url, { forceNew: true, reconnection: false, auth: { token: TOKEN, device, name } });
+  socket.commands = [];
+  socket.on("relay.command", (command, ack) => {
+    socket.commands.push(command);
+    ack({ ok: true });
+  });
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", (e) => reject(new Error(`${device}: ${e.message}`)));
+  });
+}
+
+async function api(url, path, { method = "GET", token = ADMIN, body } = {}) {
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), "content-type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+test("three named screens take commands, and the one that goes dark is reported missing", { timeout: 90_000 }, async (t) => {
+  const relay = await startOwnRelay(CONFIG, { secret: SECRET });
+  t.after(() => relay.stop());
+  const left = await screen(relay.url, "lobby-left", "Lobby, left");
+  const right = await screen(relay.url, "lobby-right", "Lobby, right");
+  const hall = await screen(relay.url, "hall", "Hall");
+  t.after(() => [left, right, hall].forEach((s) => s.disconnect()));
+
+  const refused = await screen(relay.url, "office-1").then(() => null, (e) => e.message);
+  assert.match(refused ?? "", /may not be used by this device/);
+
+  const listed = await api(relay.url, "/api/screens");
+  assert.equal(listed.status, 200);
+  assert.equal(listed.body.online, 3);
+  assert.deepEqual(listed.body.screens.map((s) => s.device), ["hall", "lobby-left", "lobby-right"]);
+  assert.equal(listed.body.screens[1].name, "Lobby, left");
+
+  const noToken = await api(relay.url, "/api/screens/hall/commands", { method: "POST", token: null, body: { command: "reload" } });
+  assert.equal(noToken.status, 401);
+  const kioskToken = await api(relay.url, "/api/screens/hall/commands", { method: "POST", token: TOKEN, body: { command: "reload" } });
+  assert.equal(kioskToken.status, 401, "a kiosk token does not act");
+
+  const one = await api(relay.url, "/api/screens/lobby-left/commands", { method: "POST", body: { command: "reload", args: { why: "new menu" } } });
+  assert.equal(one.status, 202, JSON.stringify(one.body));
+  assert.equal(one.body.acked, true, "the screen acknowledged");
+  assert.equal(left.commands.length, 1);
+  assert.equal(left.commands[0].command, "reload");
+  assert.deepEqual(left.commands[0].args, { why: "new menu" });
+  assert.equal(right.commands.length, 0, "only the screen named");
+
+  const all = await api(relay.url, "/api/commands", { method: "POST", body: { command: "identify", all: true } });
+  assert.equal(all.status, 202, JSON.stringify(all.body));
+  assert.equal(all.body.screens, 3);
+  assert.equal(all.body.acked, 3);
+  for (const s of [left, right, hall]) assert.equal(s.commands.at(-1).command, "identify");
+
+  const started = performance.now();
+  hall.disconnect();
+  let hallState;
+  while (performance.now() - started < PATIENCE_MS) {
+    const now = await api(relay.url, "/api/screens");
+    hallState = now.body.screens.find((s) => s.device === "hall");
+    if (hallState.state === "missing") break;
+    await sleep(200);
+  }
+  assert.equal(hallState.state, "missing", JSON.stringify(hallState));
+  const status = await api(relay.url, "/status.json");
+  assert.equal(status.body.fleet.missing, 1);
+  assert.equal(status.body.fleet.screens[0].device, "hall", "missing screens come first");
+  const gone = await api(relay.url, "/api/screens/hall/commands", { method: "POST", body: { command: "reload" } });
+  assert.equal(gone.status, 409);
+  const metrics = await (await fetch(`${relay.url}/metrics`)).text();
+  assert.match(metrics, /relay_screens\{state="missing"\} 1/);
+  assert.match(metrics, /relay_screen_commands_total\{reason="acked"\} 4/);
+  report(t, `missing reported ${Math.round(performance.now() - started)} ms after the screen closed (missing_after 2 s)`);
+});
