@@ -69,6 +69,14 @@ for deb in "${debs[@]}"; do
       bad "credential folder $dir/ missing or not 0700"
     fi
   done
+  # The SD-card import unit the relay's unit wants, with the same binary.
+  import_unit=/lib/systemd/system/directus-relay-import.service
+  if has "$import_unit" && grep -q "^Wants=.*directus-relay-import.service" "$work/unit" &&
+    dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ".$import_unit" | grep -qx "ExecStart=$exec_bin import-boot-config"; then
+    ok "unit $import_unit, wanted by the relay's, runs $exec_bin import-boot-config"
+  else
+    bad "$import_unit missing, not wanted by the relay's unit, or not running $exec_bin import-boot-config"
+  fi
   for doc in README.md copyright examples/; do
     if has "/usr/share/doc/directus-relay/$doc"; then ok "doc $doc"; else bad "no /usr/share/doc/directus-relay/$doc"; fi
   done

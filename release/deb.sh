@@ -56,6 +56,7 @@ for t in "${targets[@]}"; do
 
   install -D -m 0755 "$bin" "$root/usr/bin/directus-relay"
   install -D -m 0644 systemd/directus-relay.service "$root/lib/systemd/system/directus-relay.service"
+  install -D -m 0644 systemd/directus-relay-import.service "$root/lib/systemd/system/directus-relay-import.service"
   # The example config, readable by the unit's DynamicUser; a conffile, so edits survive upgrades.
   install -D -m 0644 systemd/relay.toml "$root/etc/directus-relay/relay.toml"
   # The unit's LoadCredential= files go here; systemd reads them as root, so 0700.

@@ -44,6 +44,7 @@
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
 pub mod atomic_file;
+pub mod boot_import;
 pub mod certificate;
 pub mod clock;
 pub mod config;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use directus_relay::Reload;
 use directus_relay::config::{self, Config, Secret, Source};
+use directus_relay::{Reload, boot_import};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,12 @@ Commands:
   setup-flow     create or update the Directus Flow that POSTs changes to this relay:
                    --relay-url URL   the webhook URL as Directus reaches it
                    admin token from $DIRECTUS_ADMIN_TOKEN or --admin-token-file PATH
+  import-boot-config
+                 move relay.toml and credential files from the SD card's boot partition
+                 into /etc/directus-relay once they check out (run by the package's
+                 directus-relay-import.service before the relay):
+                   --from DIR   default /boot/firmware/directus-relay
+                   --to DIR     default /etc/directus-relay
 
 Options:
   -c, --config PATH   config file (default: /etc/directus-relay/relay.toml if it exists)
@@ -50,6 +56,10 @@ enum Command {
         relay_url: String,
         admin_token_file: Option<PathBuf>,
     },
+    ImportBootConfig {
+        from: PathBuf,
+        to: PathBuf,
+    },
     Help,
     Version,
 }
@@ -59,6 +69,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(Command, Option<Pat
     let mut config = None;
     let mut relay_url = None;
     let mut admin_token_file = None;
+    let mut from = None;
+    let mut to = None;
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -79,7 +91,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(Command, Option<Pat
             "--admin-token-file" => {
                 admin_token_file = Some(PathBuf::from(value("--admin-token-file")?))
             }
-            "run" | "check-config" | "check" | "setup-flow" if command.is_none() => {
+            "--from" => from = Some(PathBuf::from(value("--from")?)),
+            "--to" => to = Some(PathBuf::from(value("--to")?)),
+            "run" | "check-config" | "check" | "setup-flow" | "import-boot-config"
+                if command.is_none() =>
+            {
                 command = Some(flag.clone())
             }
             other => return Err(format!("unexpected argument {other:?}")),
@@ -93,6 +109,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(Command, Option<Pat
                 "setup-flow needs --relay-url URL (the webhook URL as Directus reaches it)",
             )?,
             admin_token_file,
+        },
+        "import-boot-config" => Command::ImportBootConfig {
+            from: from.unwrap_or_else(|| boot_import::BOOT_DIR.into()),
+            to: to.unwrap_or_else(|| boot_import::ETC_DIR.into()),
         },
         _ => Command::Run,
     };
@@ -116,6 +136,7 @@ fn main() -> ExitCode {
             println!("directus-relay {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Command::ImportBootConfig { from, to } => return import_boot_config(&from, &to),
         _ => {}
     }
     let (config, source) = match Config::load(config_path.as_deref()) {
@@ -157,6 +178,35 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Imports the SD card's set of files; says what it did in the journal's words.
+fn import_boot_config(from: &std::path::Path, to: &std::path::Path) -> ExitCode {
+    match boot_import::run(from, to) {
+        Ok(boot_import::Outcome::Nothing) => {
+            println!("nothing to import from {}", from.display());
+            ExitCode::SUCCESS
+        }
+        Ok(boot_import::Outcome::Imported(names)) => {
+            for name in &names {
+                println!("imported {name}");
+            }
+            println!(
+                "removed them from {} (a note, {}, says so there)",
+                from.display(),
+                boot_import::DONE_NOTE
+            );
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!(
+                "directus-relay: did not import {}: {reason}; nothing was changed, the files are left in place (and {} there says why)",
+                from.display(),
+                boot_import::FAILED_NOTE
+            );
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
@@ -370,5 +420,25 @@ mod tests {
             ))
         );
         assert!(parse(&["setup-flow"]).is_err(), "--relay-url is required");
+        assert_eq!(
+            parse(&["import-boot-config"]),
+            Ok((
+                Command::ImportBootConfig {
+                    from: boot_import::BOOT_DIR.into(),
+                    to: boot_import::ETC_DIR.into()
+                },
+                None
+            ))
+        );
+        assert_eq!(
+            parse(&["import-boot-config", "--from=/mnt/card", "--to", "/tmp/etc"]),
+            Ok((
+                Command::ImportBootConfig {
+                    from: "/mnt/card".into(),
+                    to: "/tmp/etc".into()
+                },
+                None
+            ))
+        );
     }
 }
