@@ -12,6 +12,9 @@ Scenarios (all by default):
   idle         the relay under a 1,024-descriptor limit; IDLE idle TCP connections and a few
                that send their headers one line a second are held; is /healthz answered and
                can a kiosk connect while they are held, and how many did the relay close?
+  screens      SCREENS kiosks connect without a device, close, then connect naming their device
+               (known screens) and close: RSS per kiosk with and without a device, and per
+               screen remembered once they are all missing
   rooms        ROOM_KIOSKS kiosks subscribe again and again to ROOMS_PER_SUBSCRIBE routed rooms
                (of ROOMS) of a collection of ITEMS items while RATE webhooks/s are posted for
                SECS: how many webhooks are refused (the goal is none)
@@ -76,7 +79,7 @@ class Sampler:
 class Relay:
     """One relay process with a config of its own, in webhook mode on a port the kernel picks."""
 
-    def __init__(self, binary, out, name, max_clients, extra="", nofile=None, rooms_by=None):
+    def __init__(self, binary, out, name, max_clients, extra="", nofile=None, rooms_by=None, clients_extra=""):
         self.dir = os.path.join(out, name)
         os.makedirs(os.path.join(self.dir, "state"), exist_ok=True)
         self.secret = "bad-days-" + os.urandom(8).hex()
@@ -96,6 +99,7 @@ name = "screens"
 [clients]
 allowed_origins = ["*"]
 allow_anonymous = true
+{clients_extra}
 
 [limits]
 max_clients = {max_clients}
@@ -649,8 +653,54 @@ def rooms(args, out):
                    "budget_mib": round(budget_mib(relay.max_clients))}
 
 
+def screens(args, out):
+    """SCREENS kiosks connect naming their device (known screens), then all close: what the
+    relay holds for them online and then remembered; the same number without a device first,
+    as the baseline. The relay's own figure: RSS per kiosk with and without a device."""
+    count = env_int("SCREENS", 1000)
+    relay = Relay(args.relay, out, "screens", count + 10,
+                  extra="", clients_extra=f"max_screens = {count + 10}\nmissing_after = \"2s\"")
+    start = relay.rss()
+    sampler = Sampler(relay.proc.pid)
+
+    def connect_all(auth_of):
+        kiosks = []
+        for i in range(count):
+            kiosks.append(Kiosk(relay, auth_of(i)))
+        time.sleep(2)
+        return kiosks
+
+    anonymous = connect_all(lambda i: {})
+    with_anonymous = relay.rss()
+    for k in anonymous:
+        k.close()
+    time.sleep(3)
+    after_anonymous = relay.rss()
+    named = connect_all(lambda i: {"device": f"screen-{i:05d}", "name": f"Screen {i}", "app_version": "1.0.0"})
+    with_named = relay.rss()
+    conn = http.client.HTTPConnection(relay.host, relay.port, timeout=30)
+    conn.request("GET", "/status.json")
+    fleet = json.loads(conn.getresponse().read())["fleet"]
+    conn.close()
+    for k in named:
+        k.close()
+    time.sleep(4)  # past missing_after: every screen is remembered as missing
+    conn = http.client.HTTPConnection(relay.host, relay.port, timeout=30)
+    conn.request("GET", "/status.json")
+    gone = json.loads(conn.getresponse().read())["fleet"]
+    conn.close()
+    peak = sampler.stop()
+    per = lambda kib: round(kib * 1024 / count)  # noqa: E731
+    return relay, {"screens": count, "online_listed": fleet["online"], "missing_after_close": gone["missing"],
+                   "bytes_per_anonymous_kiosk": per(with_anonymous - start),
+                   "bytes_per_named_kiosk": per(with_named - after_anonymous),
+                   "bytes_per_remembered_screen": per(relay.rss() - after_anonymous),
+                   "rss_start_kib": start, "rss_peak_kib": peak, "rss_settled_kib": relay.rss(),
+                   "budget_mib": round(budget_mib(relay.max_clients))}
+
+
 SCENARIOS = {"storm": storm, "resubscribe": resubscribe, "handshakes": handshakes, "idle": idle,
-             "rooms": rooms}
+             "rooms": rooms, "screens": screens}
 
 
 def main():
