@@ -779,7 +779,10 @@ async fn the_site_heartbeat_row_follows_the_screens() {
     let row = wait_row(&s.fake, |row| row["screens_online"] == 1).await;
     assert_eq!(row["site"], "museum-hall");
     assert_eq!(row["upstream"], "live");
-    assert!(row["version"].as_str().is_some_and(|v| v.contains('.')), "{row}");
+    assert!(
+        row["version"].as_str().is_some_and(|v| v.contains('.')),
+        "{row}"
+    );
     assert!(row["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{row}");
     kiosk.disconnect().await;
     let row = wait_row(&s.fake, |row| row["screens_missing"] == 1).await;
