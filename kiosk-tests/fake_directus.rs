@@ -450,22 +450,13 @@ impl FakeDirectus {
     /// and `PATCH /items/<c>/<key>` updates a row of one made so (keyed by `site`); like
     /// Directus, an update of a missing row and anything on an unknown collection is a 403.
     async fn writes(&self, req: Request<Incoming>, bearer: &str) -> Response<Full<Bytes>> {
-        use http_body_util::BodyExt;
         let forbidden = || {
             json_response(
                 StatusCode::FORBIDDEN,
                 json!({"errors":[{"message":"You don't have permission to access this.","extensions":{"code":"FORBIDDEN"}}]}),
             )
         };
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (method, path, _, body) = read_request(req).await;
         let mut state = self.state();
         if path == "/collections" {
             if bearer != ADMIN_TOKEN || method != "POST" {
@@ -519,23 +510,13 @@ impl FakeDirectus {
 
     /// Flows and operations, for `setup-flow`: admin only, like Directus.
     async fn flows(&self, req: Request<Incoming>, bearer: &str) -> Response<Full<Bytes>> {
-        use http_body_util::BodyExt;
         if bearer != ADMIN_TOKEN {
             return json_response(
                 StatusCode::FORBIDDEN,
                 json!({"errors":[{"message":"You don't have permission to access collection \"directus_flows\" or it does not exist. Queried in root.","extensions":{"code":"FORBIDDEN"}}]}),
             );
         }
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or_default().to_owned();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (method, path, query, body) = read_request(req).await;
         let mut state = self.state();
         let answer = match (method.as_str(), path.as_str()) {
             ("GET", "/flows") => {
@@ -820,4 +801,24 @@ fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("response")
+}
+
+/// A request's method, path, query and JSON body (`null` when it has none or it is not JSON).
+async fn read_request(req: Request<Incoming>) -> (hyper::Method, String, String, Value) {
+    use http_body_util::BodyExt;
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (
+        method,
+        path,
+        query,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
 }

@@ -91,6 +91,20 @@ pub struct Screen<C> {
 }
 
 impl<C> Screen<C> {
+    /// A screen with no connection, away since `now`.
+    fn away(known: Known, now: Instant, now_unix: u64) -> Self {
+        Self {
+            known,
+            connections: Vec::new(),
+            since: now,
+            since_unix: now_unix,
+            missing: false,
+            connects: VecDeque::new(),
+            cut_offs: VecDeque::new(),
+            delivered_before: 0,
+        }
+    }
+
     pub fn state(&self) -> State {
         if !self.connections.is_empty() {
             State::Online
@@ -164,19 +178,7 @@ impl<C: Clone> Screens<C> {
         remembered.truncate(max);
         let screens = remembered
             .into_iter()
-            .map(|known| {
-                let screen = Screen {
-                    known,
-                    connections: Vec::new(),
-                    since: now,
-                    since_unix: now_unix,
-                    missing: false,
-                    connects: VecDeque::new(),
-                    cut_offs: VecDeque::new(),
-                    delivered_before: 0,
-                };
-                (screen.known.device.clone(), screen)
-            })
+            .map(|known| (known.device.clone(), Screen::away(known, now, now_unix)))
             .collect();
         Self {
             screens,
@@ -212,19 +214,8 @@ impl<C: Clone> Screens<C> {
             outcome.new = true;
             let mut known = arrival.known.clone();
             known.first_seen = now_unix;
-            self.screens.insert(
-                device.clone(),
-                Screen {
-                    known,
-                    connections: Vec::new(),
-                    since: now,
-                    since_unix: now_unix,
-                    missing: false,
-                    connects: VecDeque::new(),
-                    cut_offs: VecDeque::new(),
-                    delivered_before: 0,
-                },
-            );
+            self.screens
+                .insert(device.clone(), Screen::away(known, now, now_unix));
         }
         let Some(screen) = self.screens.get_mut(&device) else {
             return outcome;
