@@ -3,9 +3,17 @@
 // after clients.missing_after, and the admin token required to act.
 
 import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
+import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
-import { report, sleep, startOwnRelay } from "./helpers.mjs";
+import { REPO_ROOT, report, sleep, startOwnRelay } from "./helpers.mjs";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const OUTPUT_DIR = join(REPO_ROOT, "test-output");
 
 const SECRET = "fleet-secret-0123456789";
 const ADMIN = "fleet-admin-0123456789abcdef";
@@ -105,4 +113,40 @@ test("three named screens take commands, and the one that goes dark is reported 
   assert.match(metrics, /relay_screens\{state="missing"\} 1/);
   assert.match(metrics, /relay_screen_commands_total\{reason="acked"\} 4/);
   report(t, `missing reported ${Math.round(performance.now() - started)} ms after the screen closed (missing_after 2 s)`);
+});
+
+test("the status page on a phone lists the screens, says which is missing, and its buttons reach a screen", { timeout: 90_000 }, async (t) => {
+  const relay = await startOwnRelay(CONFIG, { secret: SECRET });
+  t.after(() => relay.stop());
+  const left = await screen(relay.url, "lobby-left", "Lobby <b>left</b>");
+  const hall = await screen(relay.url, "hall", "Hall");
+  t.after(() => [left, hall].forEach((s) => s.disconnect()));
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 430, height: 932 } });
+  const shoot = async (name) => {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, name);
+    await page.screenshot({ path, fullPage: true });
+    t.diagnostic(`screenshot: ${path}`);
+  };
+  await page.goto(`${relay.url}/status#token=${ADMIN}`);
+  const rows = page.locator("#screens tr");
+  await page.waitForFunction(() => document.querySelectorAll("#screens tr").length === 2, null, { timeout: PATIENCE_MS });
+  assert.match(await rows.nth(1).innerText(), /Lobby <b>left<\/b> \(lobby-left\)/, "the name is shown as text");
+  assert.equal(await page.locator("#screens b").count(), 0, "nothing from a screen's handshake becomes markup");
+  assert.match(await page.locator("#fleet-counts").innerText(), /2 online, 0 away, 0 missing/);
+
+  await rows.nth(1).getByRole("button", { name: "identify" }).click();
+  await page.waitForFunction(() => /acknowledged/.test(document.querySelector("#command-result").textContent), null, { timeout: PATIENCE_MS });
+  assert.equal(left.commands.at(-1).command, "identify");
+  assert.equal(hall.commands.length, 0);
+  await shoot("fleet-status.png");
+
+  hall.disconnect();
+  await page.waitForFunction(() => /Missing/.test(document.querySelector("#missing").textContent), null, { timeout: PATIENCE_MS });
+  assert.match(await page.locator("#missing").innerText(), /Hall since/);
+  assert.match(await rows.nth(0).innerText(), /^Hall \(hall\)[\s\S]*missing, last seen/, "missing screens come first");
+  assert.equal(await rows.nth(0).getByRole("button", { name: "reload" }).isDisabled(), true, "no command to a screen that is away");
+  await shoot("fleet-status-missing.png");
 });

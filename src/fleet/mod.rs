@@ -155,6 +155,7 @@ impl Fleet {
         let departure = Departure {
             device: tag.device.to_string(),
             sid: socket.id.to_string(),
+            transport: transport(socket),
             subscriptions: rooms(socket),
             delivered: tag.tally.delivered_so_far(),
             cut_off: tag.tally.was_cut_off(),

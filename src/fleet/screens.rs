@@ -254,6 +254,9 @@ impl<C: Clone> Screens<C> {
             return;
         }
         screen.known.last_seen = now_unix;
+        if !departure.transport.is_empty() {
+            screen.known.transport = departure.transport;
+        }
         screen.delivered_before += departure.delivered;
         if departure.cut_off {
             push_time(&mut screen.cut_offs, now_unix);
@@ -334,6 +337,8 @@ impl<C: Clone> Screens<C> {
 pub struct Departure {
     pub device: String,
     pub sid: String,
+    /// The transport it ended on (a page starts on polling and upgrades).
+    pub transport: String,
     pub subscriptions: Vec<String>,
     pub delivered: u64,
     pub cut_off: bool,
