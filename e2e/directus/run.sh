@@ -184,7 +184,7 @@ tests_rc=0
 (cd "$E2E_DIR" && exec timeout 900 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$WORK/results.tap" \
-  directus/relay.test.mjs) &
+  directus/relay.test.mjs directus/heartbeat.test.mjs) &
 TEST_PID=$!
 wait "$TEST_PID" || tests_rc=$?
 TEST_PID=""

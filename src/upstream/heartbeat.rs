@@ -50,13 +50,14 @@ impl Heartbeat {
     }
 
     /// Writes `row` (with the site's key): an update of the row, or a create when the update
-    /// finds none (Directus answers an update of a missing row with 403).
+    /// finds none (Directus answers an update of a missing row with 403). An update answers
+    /// 204 (`null`) when the relay's user may not read the row back: that is a success too.
     pub async fn write(&mut self, mut row: Value) -> Result<(), DirectusError> {
         row["site"] = json!(self.site);
         let collection = encode(&self.collection);
         let item = format!("/items/{collection}/{}", encode(&self.site));
         match self.client.send(Method::PATCH, &item, &row).await {
-            Ok(answer) if !answer["data"].is_null() => Ok(()),
+            Ok(answer) if answer.is_null() || !answer["data"].is_null() => Ok(()),
             _ => self
                 .client
                 .send(Method::POST, &format!("/items/{collection}"), &row)
@@ -79,7 +80,9 @@ pub async fn ensure_collection(
     {
         return Ok(false);
     }
-    let field = |name: &str, kind: &str| json!({ "field": name, "type": kind });
+    // Each field with its meta and schema, as the Data Studio sends them: Directus 12 refuses
+    // a field without meta ("Validation failed for field collection").
+    let field = |name: &str, kind: &str, interface: &str| json!({ "field": name, "type": kind, "meta": { "interface": interface, "readonly": true }, "schema": {} });
     let body = json!({
         "collection": collection,
         "meta": { "icon": "router", "note": "Written by directus-relay: one row per site, updated every minute" },
@@ -88,17 +91,17 @@ pub async fn ensure_collection(
             {
                 "field": "site",
                 "type": "string",
-                "meta": { "readonly": true },
+                "meta": { "interface": "input", "readonly": true },
                 "schema": { "is_primary_key": true, "length": 100, "has_auto_increment": false },
             },
-            field("version", "string"),
-            field("upstream", "string"),
-            field("screens_online", "integer"),
-            field("screens_missing", "integer"),
-            field("missing_screens", "text"),
-            field("last_change", "timestamp"),
-            field("memory_bytes", "bigInteger"),
-            field("updated", "timestamp"),
+            field("version", "string", "input"),
+            field("upstream", "string", "input"),
+            field("screens_online", "integer", "input"),
+            field("screens_missing", "integer", "input"),
+            field("missing_screens", "text", "input-multiline"),
+            field("last_change", "timestamp", "datetime"),
+            field("memory_bytes", "bigInteger", "input"),
+            field("updated", "timestamp", "datetime"),
         ],
     });
     client.send(Method::POST, "/collections", &body).await?;
