@@ -89,6 +89,7 @@ async fn named_screens_are_listed_and_malformed_or_foreign_devices_refused() {
 
     let list = screens(&relay).await;
     assert_eq!(list["online"], 1, "only named kiosks are screens: {list}");
+    assert_eq!(list["anonymous_connections"], 1, "{list}");
     let left = screen(&list, "lobby-left").expect("listed");
     assert_eq!(left["state"], "online");
     assert_eq!(

@@ -275,12 +275,17 @@ impl Fleet {
         };
         list.sort_by(|a, b| order(&a.0).cmp(&order(&b.0)).then(a.1.cmp(b.1)));
         let counts = screens.counts();
+        let named: usize = screens.iter().map(|s| s.connections.len()).sum();
+        let anonymous = usize::try_from(self.metrics.kiosks_connected.get())
+            .unwrap_or(0)
+            .saturating_sub(named);
         let count = |state: State| counts.iter().find(|c| c.0 == state).map_or(0, |c| c.1);
         json!({
             "missing_after_secs": self.missing_after.as_secs(),
             "online": count(State::Online),
             "away": count(State::Away),
             "missing": count(State::Missing),
+            "anonymous_connections": anonymous,
             "screens": list.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
         })
     }
