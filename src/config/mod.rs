@@ -33,7 +33,7 @@ pub use secret::{
 };
 pub use sections::{
     AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat,
-    MAX_WRONG_TOKEN_BACKOFF, Mode, TlsConfig, TokenConfig, WebhookConfig,
+    MAX_WRONG_TOKEN_BACKOFF, Mode, SiteConfig, TlsConfig, TokenConfig, WebhookConfig,
 };
 pub use units::{byte_size, duration};
 
@@ -74,6 +74,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub demo: DemoConfig,
+    /// The kiosk app served under `site.path`.
+    #[serde(default)]
+    pub site: SiteConfig,
 }
 
 impl Config {
@@ -91,6 +94,14 @@ impl Config {
             return Some(CollectionConfig::new(name));
         }
         self.collections.iter().find(|c| c.name == name).cloned()
+    }
+
+    /// The folder of the kiosk app: `site.dir`, or `site` in `state_dir`.
+    pub fn site_dir(&self) -> PathBuf {
+        self.site
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("site"))
     }
 
     /// The effective configuration as TOML, secrets masked.
@@ -115,6 +126,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             demo: DemoConfig::default(),
+            site: SiteConfig::default(),
         }
     }
 }
