@@ -362,3 +362,41 @@ async fn a_missing_kiosk_app_says_which_key_and_not_where() {
     shutdown.cancel();
     task.await.expect("no panic").expect("clean stop");
 }
+
+/// A screen that reads a large file slowly gets all of it: the connection counts as busy, not
+/// idle, while the body is sent, so `limits.idle_timeout` does not cut the download. (The pause
+/// is the condition under test: longer than the idle timeout, with the answer half sent.)
+#[tokio::test]
+async fn a_slow_download_is_not_cut_as_idle() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let site = app(state.path());
+    let size = 8 << 20;
+    std::fs::write(site.join("big.bin"), vec![7u8; size]).expect("write");
+    let (addr, shutdown, task) = start(
+        state.path(),
+        "[limits]\nidle_timeout = \"200ms\"\nheader_timeout = \"200ms\"",
+    )
+    .await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /app/big.bin HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut first = vec![0u8; 64 << 10];
+    stream
+        .read_exact(&mut first)
+        .await
+        .expect("the first bytes");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+        .await
+        .expect("in time")
+        .expect("read to the end");
+    first.extend_from_slice(&rest);
+    let split = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    assert_eq!(first.len() - split - 4, size, "the whole file");
+    shutdown.cancel();
+    task.await.expect("no panic").expect("clean stop");
+}

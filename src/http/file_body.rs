@@ -9,26 +9,37 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::connection::Busy;
+
 /// The most read from the file for one frame.
 const CHUNK_BYTES: usize = 64 << 10;
 
 /// `len` bytes of `file`, from where it stands. A file that turns out shorter than that (it
 /// was cut while being served) ends the body with an error, so the client sees a broken
-/// transfer rather than a short one that looks complete.
+/// transfer rather than a short one that looks complete. While it is being sent its
+/// connection is busy, not idle (`limits.idle_timeout` does not cut a long download).
 #[derive(Debug)]
 pub struct FileBody {
     file: tokio::fs::File,
     left: u64,
     buf: Vec<u8>,
+    busy: Option<Busy>,
 }
 
 impl FileBody {
-    pub fn new(file: std::fs::File, len: u64) -> Self {
+    pub fn new(file: std::fs::File, len: u64, busy: Option<Busy>) -> Self {
         Self {
             file: tokio::fs::File::from_std(file),
             left: len,
             buf: Vec::new(),
+            busy,
         }
+    }
+
+    fn end(&mut self) {
+        self.left = 0;
+        self.buf = Vec::new();
+        self.busy = None;
     }
 }
 
@@ -47,10 +58,13 @@ impl http_body::Body for FileBody {
         let want = usize::try_from(this.left).map_or(CHUNK_BYTES, |left| left.min(CHUNK_BYTES));
         this.buf.resize(want, 0);
         let mut read = ReadBuf::new(&mut this.buf[..want]);
-        ready!(Pin::new(&mut this.file).poll_read(cx, &mut read))?;
+        if let Err(e) = ready!(Pin::new(&mut this.file).poll_read(cx, &mut read)) {
+            this.end();
+            return Poll::Ready(Some(Err(e)));
+        }
         let n = read.filled().len();
         if n == 0 {
-            this.left = 0;
+            this.end();
             return Poll::Ready(Some(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the file became shorter while it was served",
@@ -59,7 +73,7 @@ impl http_body::Body for FileBody {
         let chunk = Bytes::copy_from_slice(read.filled());
         this.left -= n as u64;
         if this.left == 0 {
-            this.buf = Vec::new();
+            this.end();
         }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use super::client_js;
 use super::site::{Site, SiteBody};
+use crate::connection::ConnectionHandle;
 
 /// The body of an answer: `inner`'s, or one of the relay's own files.
 pub type LocalBody<B> = Either<B, SiteBody>;
@@ -50,7 +51,10 @@ where
             let site = self.site.clone();
             return Box::pin(async move {
                 let (parts, _body) = req.into_parts();
-                let answer = site.serve(&parts.method, &parts.uri, &parts.headers).await;
+                let busy = parts.extensions.get::<ConnectionHandle>().map(|c| c.busy());
+                let answer = site
+                    .serve(&parts.method, &parts.uri, &parts.headers, busy)
+                    .await;
                 Ok(answer.map(Either::Right))
             });
         }

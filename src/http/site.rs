@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::conditional;
 use super::file_body::FileBody;
+use crate::connection::Busy;
 
 /// What a file answer's body is: bytes in memory (errors, redirects, `304`s) or a file.
 pub type SiteBody = Either<Full<Bytes>, FileBody>;
@@ -70,11 +71,13 @@ impl Site {
     }
 
     /// The answer to a request for one of [`Site::owns`]'s paths.
+    /// `busy` marks the connection busy while a file is sent.
     pub async fn serve(
         &self,
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
+        busy: Option<Busy>,
     ) -> Response<SiteBody> {
         if method != Method::GET && method != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -101,7 +104,7 @@ impl Site {
         match found {
             Found::File(file) => {
                 self.clear_logged();
-                file.answer(method, headers)
+                file.answer(method, headers, busy)
             }
             Found::Directory => {
                 self.clear_logged();
@@ -257,7 +260,12 @@ struct Opened {
 }
 
 impl Opened {
-    fn answer(self, method: &Method, headers: &HeaderMap) -> Response<SiteBody> {
+    fn answer(
+        self,
+        method: &Method,
+        headers: &HeaderMap,
+        busy: Option<Busy>,
+    ) -> Response<SiteBody> {
         let mut response = if conditional::not_modified(headers, &self.etag, self.modified) {
             let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
             *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -276,8 +284,8 @@ impl Opened {
                     }
                     return r;
                 }
-                Ranged::Part(start, end) => self.body(method, start, end, true),
-                Ranged::Whole => self.body(method, 0, self.len, false),
+                Ranged::Part(start, end) => self.body(method, start, end, true, busy),
+                Ranged::Whole => self.body(method, 0, self.len, false, busy),
             }
         };
         let h = response.headers_mut();
@@ -301,7 +309,14 @@ impl Opened {
     }
 
     /// Bytes `start..end` of the file, as a 200 or (a range) a 206.
-    fn body(&self, method: &Method, start: u64, end: u64, partial: bool) -> Response<SiteBody> {
+    fn body(
+        &self,
+        method: &Method,
+        start: u64,
+        end: u64,
+        partial: bool,
+        busy: Option<Busy>,
+    ) -> Response<SiteBody> {
         let len = end - start;
         let body = if method == Method::HEAD || len == 0 {
             Either::Left(Full::new(Bytes::new()))
@@ -318,7 +333,7 @@ impl Opened {
                 warn!(error = %e, "cannot read a kiosk app file (site.dir)");
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n");
             }
-            Either::Right(FileBody::new(file, len))
+            Either::Right(FileBody::new(file, len, busy))
         };
         let mut r = Response::new(body);
         if partial {
