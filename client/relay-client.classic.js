@@ -304,7 +304,10 @@ class Channel {
     this.replayEnd = 0;
     this.closed = false;
     const url = namespace === "/" ? relay.url : relay.url + namespace;
-    const options = Object.assign({}, relay._socketOptions, {
+    // A connection of its own (forceNew): socket.io-client would otherwise share one socket
+    // per namespace among every connectRelay() of the page to the same relay, with the auth of
+    // the first.
+    const options = Object.assign({ forceNew: true }, relay._socketOptions, {
       autoConnect: false,
       // Asked again at every (re)connect. `collections`: this kiosk subscribes, so the relay
       // sends it nothing before the answer and a resume repeats nothing.
