@@ -194,6 +194,19 @@ test("asset URLs carry the token and Directus's transformation parameters", () =
   assert.throws(() => connectRelay({ url: "http://x" }), /socket.io-client is not loaded/);
 });
 
+test("the relay serves client/relay-client.js, its classic build and socket.io-client byte for byte", async () => {
+  for (const [path, file] of [
+    ["/relay-client.js", "client/relay-client.js"],
+    ["/relay-client.classic.js", "client/relay-client.classic.js"],
+    ["/socket.io/socket.io.min.js", "client/vendor/socket.io.min.js"],
+  ]) {
+    const res = await fetch(RELAY_URL + path); // asks for gzip, and decompresses
+    assert.equal(res.status, 200, path);
+    assert.equal(res.headers.get("content-encoding"), "gzip", path);
+    assert.equal(await res.text(), readFileSync(join(REPO_ROOT, file), "utf8"), `${path} is ${file}`);
+  }
+});
+
 test("the classic-script build is current and defines connectRelay", () => {
   execFileSync(process.execPath, [join(REPO_ROOT, "client/build-classic.mjs"), "--check"], { stdio: "pipe" });
   const context = { io, setTimeout, clearTimeout };

@@ -9,11 +9,13 @@
 //! * `/relay-client.js`: the kiosk client library (`client/relay-client.js`, an ES module),
 //!   and `/relay-client.classic.js`, the same for a classic `<script>`.
 //!
-//! Each answer carries an `ETag` (a `304` for a page that has the same bytes) and
-//! `Cache-Control: no-cache`, so a screen revalidates after a relay upgrade; the scripts may
-//! be loaded by pages of any origin (`Access-Control-Allow-Origin: *`: they hold no secret).
-
-use std::sync::LazyLock;
+//! The scripts are kept gzip-compressed (`build.rs`: 26 KB instead of 83, for the release
+//! binaries' 4 MiB budget) and sent as they are kept, `Content-Encoding: gzip`, which every
+//! browser accepts; a client that does not say `Accept-Encoding: gzip` gets a `406` that says
+//! so (`curl --compressed`). Each answer carries an `ETag` (a `304` for a page that has the
+//! same bytes) and `Cache-Control: no-cache`, so a screen revalidates after a relay upgrade;
+//! the scripts may be loaded by pages of any origin (`Access-Control-Allow-Origin: *`: they
+//! hold no secret).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
@@ -44,60 +46,114 @@ struct Builtin {
     path: &'static str,
     bytes: &'static [u8],
     content_type: &'static str,
+    /// `bytes` are gzip-compressed (`build.rs`).
+    gzip: bool,
 }
 
 const FILES: [Builtin; 4] = [
     Builtin {
         path: "/socket.io/socket.io.min.js",
-        bytes: include_bytes!("../../client/vendor/socket.io.min.js"),
+        bytes: include_bytes!(concat!(env!("OUT_DIR"), "/socket.io.min.js.gz")),
         content_type: JAVASCRIPT,
+        gzip: true,
     },
     Builtin {
         path: "/licenses/socket.io-client.txt",
         bytes: SOCKET_IO_NOTICE.as_bytes(),
         content_type: TEXT,
+        gzip: false,
     },
     Builtin {
         path: "/relay-client.js",
-        bytes: include_bytes!("../../client/relay-client.js"),
+        bytes: include_bytes!(concat!(env!("OUT_DIR"), "/relay-client.js.gz")),
         content_type: JAVASCRIPT,
+        gzip: true,
     },
     Builtin {
         path: "/relay-client.classic.js",
-        bytes: include_bytes!("../../client/relay-client.classic.js"),
+        bytes: include_bytes!(concat!(env!("OUT_DIR"), "/relay-client.classic.js.gz")),
         content_type: JAVASCRIPT,
+        gzip: true,
     },
 ];
 
-/// Each file's entity tag: a hash of its bytes, worked out once.
-static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    FILES
+/// What a client that cannot take a compressed script is told.
+const GZIP_ONLY: &str = "this relay keeps its scripts gzip-compressed: ask with Accept-Encoding: gzip (every browser does; curl --compressed)\n";
+
+/// Whether `Accept-Encoding` takes gzip (`gzip`, `x-gzip` or `*`, without `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
         .iter()
-        .map(|f| format!("\"{:016x}\"", fnv1a(f.bytes)))
-        .collect()
-});
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            // q=0, 0.0, 0.00…: not acceptable (compared as text: no float parser for this).
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=").is_some_and(|q| {
+                    let q = q.trim();
+                    q.starts_with('0') && q.bytes().all(|b| b == b'0' || b == b'.')
+                })
+            });
+            !refused
+                && (name.eq_ignore_ascii_case("gzip")
+                    || name.eq_ignore_ascii_case("x-gzip")
+                    || name == "*")
+        })
+}
+
+/// Each file's entity tag: a hash of its bytes, worked out by the compiler.
+const HASHES: [u64; FILES.len()] = {
+    let mut hashes = [0; FILES.len()];
+    let mut i = 0;
+    while i < FILES.len() {
+        hashes[i] = fnv1a(FILES[i].bytes);
+        i += 1;
+    }
+    hashes
+};
 
 /// FNV-1a, 64 bits: enough to tell two versions of a file apart.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = (hash ^ bytes[i] as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
 }
 
 /// The answer for a built-in file, or `None` when `path` names none.
 pub fn serve(method: &Method, path: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
     let i = FILES.iter().position(|f| f.path == path)?;
     let file = &FILES[i];
-    let etag = ETAGS[i].as_str();
-    let mut response = if method != Method::GET && method != Method::HEAD {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"use GET\n")));
-        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    let etag = format!("\"{:016x}\"", HASHES[i]);
+    let etag = etag.as_str();
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *r.status_mut() = status;
         r.headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(TEXT));
+        r
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return Some(r);
-    } else if conditional::not_modified(headers, etag, None) {
+    }
+    if file.gzip && !accepts_gzip(headers) {
+        let mut r = plain(StatusCode::NOT_ACCEPTABLE, GZIP_ONLY);
+        r.headers_mut().insert(
+            header::VARY,
+            header::HeaderValue::from_static("Accept-Encoding"),
+        );
+        return Some(r);
+    }
+    let mut response = if conditional::not_modified(headers, etag) {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
@@ -114,8 +170,20 @@ pub fn serve(method: &Method, path: &str, headers: &HeaderMap) -> Option<Respons
             header::HeaderValue::from_static(file.content_type),
         );
         h.insert(header::CONTENT_LENGTH, file.bytes.len().into());
+        if file.gzip {
+            h.insert(
+                header::CONTENT_ENCODING,
+                header::HeaderValue::from_static("gzip"),
+            );
+        }
         r
     };
+    if file.gzip {
+        response.headers_mut().insert(
+            header::VARY,
+            header::HeaderValue::from_static("Accept-Encoding"),
+        );
+    }
     let h = response.headers_mut();
     if let Ok(value) = header::HeaderValue::from_str(etag) {
         h.insert(header::ETAG, value);
@@ -143,7 +211,8 @@ mod tests {
     /// suite that tests the relay with it.
     #[test]
     fn the_built_in_socket_io_client_is_the_pinned_release() {
-        let head = std::str::from_utf8(&FILES[0].bytes[..200]).expect("ASCII banner");
+        let bundle = include_str!("../../client/vendor/socket.io.min.js");
+        let head = &bundle[..200];
         assert!(
             head.contains(&format!("Socket.IO v{SOCKET_IO_CLIENT_VERSION}\n")),
             "{head}"
@@ -169,8 +238,8 @@ mod tests {
     /// the module, without its `export`, is in it.
     #[test]
     fn the_classic_build_holds_the_module() {
-        let module = std::str::from_utf8(FILES[2].bytes).expect("UTF-8");
-        let classic = std::str::from_utf8(FILES[3].bytes).expect("UTF-8");
+        let module = include_str!("../../client/relay-client.js");
+        let classic = include_str!("../../client/relay-client.classic.js");
         for line in module.lines() {
             let line = line.strip_prefix("export ").unwrap_or(line);
             assert!(
@@ -180,19 +249,58 @@ mod tests {
         }
     }
 
+    fn accepting(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            header::HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn gzip_is_accepted_unless_refused() {
+        for (value, expected) in [
+            ("gzip, deflate, br", true),
+            ("br;q=1.0, gzip;q=0.8", true),
+            ("x-gzip", true),
+            ("*", true),
+            ("GZIP", true),
+            ("identity", false),
+            ("gzip;q=0", false),
+            ("gzip; q=0.000", false),
+            ("gzip;q=0.001", true),
+            ("br", false),
+            ("", false),
+        ] {
+            assert_eq!(accepts_gzip(&accepting(value)), expected, "{value:?}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
     #[test]
     fn answers_carry_validators_and_304_when_current() {
         let get = |headers: &HeaderMap| {
             serve(&Method::GET, "/socket.io/socket.io.min.js", headers).expect("built in")
         };
-        let first = get(&HeaderMap::new());
+        let first = get(&accepting("gzip"));
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(first.headers()[header::CONTENT_TYPE], JAVASCRIPT);
+        assert_eq!(first.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(first.headers()[header::VARY], "Accept-Encoding");
         assert_eq!(first.headers()[header::CACHE_CONTROL], "no-cache");
         let etag = first.headers()[header::ETAG].clone();
-        let mut again = HeaderMap::new();
+        let mut again = accepting("gzip");
         again.insert(header::IF_NONE_MATCH, etag);
         assert_eq!(get(&again).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(get(&HeaderMap::new()).status(), StatusCode::NOT_ACCEPTABLE);
+        let licence = serve(
+            &Method::GET,
+            "/licenses/socket.io-client.txt",
+            &HeaderMap::new(),
+        )
+        .expect("built in");
+        assert_eq!(licence.status(), StatusCode::OK, "plain text, uncompressed");
         assert!(serve(&Method::GET, "/socket.io/socket.io.js", &HeaderMap::new()).is_none());
         let post = serve(&Method::POST, "/relay-client.js", &HeaderMap::new()).expect("built in");
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);

@@ -6,8 +6,8 @@
 //! `/`, `\`, NUL or control character is a 404; the file found is resolved with its symlinks
 //! and must still lie in the folder (a symlink out of it is a 404), and must be a regular
 //! file. A directory serves its `index.html`; there are no listings. Files are read a chunk at
-//! a time ([`FileBody`]), with `ETag`/`Last-Modified` (a `304` for a current copy), one byte
-//! range (`206`, for seeking in a video) and `Cache-Control: no-cache`. The folder is looked
+//! a time ([`FileBody`]), with `ETag` (a `304` for a current copy) and `Last-Modified`, one
+//! byte range (`206`, for seeking in a video) and `Cache-Control: no-cache`. The folder is looked
 //! at on every request: the app can be installed or replaced without a restart. Answers never
 //! show a path or an operating system error; the log does, once per distinct problem.
 
@@ -23,7 +23,7 @@ use http_body_util::{Either, Full};
 use tracing::{info, warn};
 
 use super::conditional;
-use super::file_body::FileBody;
+use super::file_body::{FileBody, blocking, taken};
 use crate::connection::Busy;
 
 /// What a file answer's body is: bytes in memory (errors, redirects, `304`s) or a file.
@@ -54,11 +54,12 @@ impl Site {
 
     /// Logs at start where the app is served from, and whether it is there yet.
     pub fn announce(&self) {
-        if self.dir.is_dir() {
-            info!(dir = %self.dir.display(), path = %self.prefix, "serving the kiosk app (site.dir)");
+        let state = if self.dir.is_dir() {
+            "serving the kiosk app (site.dir)"
         } else {
-            info!(dir = %self.dir.display(), path = %self.prefix, "no kiosk app installed yet: {} answers 404 until its files are copied to site.dir", self.prefix);
-        }
+            "no kiosk app installed yet: its path answers 404 until its files are copied to site.dir"
+        };
+        info!(dir = %self.dir.display(), path = %self.prefix, "{state}");
     }
 
     /// Whether `path` is this site's: its prefix, or the prefix without its last slash.
@@ -94,12 +95,9 @@ impl Site {
             return not_found();
         };
         let dir = self.dir.clone();
-        let found = match tokio::task::spawn_blocking(move || wanted.open(&dir)).await {
+        let found = match taken::<Found>(blocking(move || wanted.open(&dir)).await) {
             Ok(found) => found,
-            Err(e) => {
-                warn!(%e, "reading a kiosk app file failed (a bug)");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n");
-            }
+            Err(e) => return cannot_read(&e),
         };
         match found {
             Found::File(file) => {
@@ -121,10 +119,7 @@ impl Site {
                 );
                 text(StatusCode::NOT_FOUND, NO_SITE)
             }
-            Found::Failed(e) => {
-                warn!(dir = %self.dir.display(), %path, error = %e, "cannot read a kiosk app file (site.dir)");
-                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n")
-            }
+            Found::Failed(e) => cannot_read(&e),
         }
     }
 
@@ -266,7 +261,7 @@ impl Opened {
         headers: &HeaderMap,
         busy: Option<Busy>,
     ) -> Response<SiteBody> {
-        let mut response = if conditional::not_modified(headers, &self.etag, self.modified) {
+        let mut response = if conditional::not_modified(headers, &self.etag) {
             let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             r
@@ -321,19 +316,15 @@ impl Opened {
         let body = if method == Method::HEAD || len == 0 {
             Either::Left(Full::new(Bytes::new()))
         } else {
-            let mut file = match self.file.try_clone() {
-                Ok(file) => file,
-                Err(e) => {
-                    warn!(error = %e, "cannot read a kiosk app file (site.dir)");
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n");
-                }
-            };
             // A seek on a regular file only moves an offset: not worth a blocking task.
-            if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                warn!(error = %e, "cannot read a kiosk app file (site.dir)");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n");
+            let file = self.file.try_clone().and_then(|mut file| {
+                file.seek(SeekFrom::Start(start))?;
+                Ok(file)
+            });
+            match file {
+                Ok(file) => Either::Right(FileBody::new(file, len, busy)),
+                Err(e) => return cannot_read(&e),
             }
-            Either::Right(FileBody::new(file, len, busy))
         };
         let mut r = Response::new(body);
         if partial {
@@ -476,6 +467,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<SiteBody> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// A file that could not be read: logged (the answer names nothing), and a 500.
+fn cannot_read(error: &dyn std::fmt::Display) -> Response<SiteBody> {
+    warn!(%error, "cannot read a kiosk app file (site.dir)");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read this file\n")
 }
 
 fn not_found() -> Response<SiteBody> {
