@@ -9,19 +9,9 @@ import net from "node:net";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
-import { accept, E2E_DIR, REPO_ROOT, RELAY_URL, RUN_ID, startOwnRelay } from "./helpers.mjs";
+import { accept, CHROMIUM_ARGS as ARGS, E2E_DIR, REPO_ROOT, RELAY_URL, RUN_ID, startOwnRelay } from "./helpers.mjs";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const OUTPUT_DIR = join(REPO_ROOT, "test-output");
 const WAIT_MS = 10_000;
 /** How often the status page (src/status.html) fetches status.json. */

@@ -31,6 +31,18 @@ export const WEBHOOK_PATH = process.env.E2E_WEBHOOK_PATH ?? "/hooks/directus";
 /** Where the suite's report lines (latency numbers) are collected for run.sh's summary. */
 const REPORT_FILE = process.env.E2E_REPORT;
 
+/** Headless Debian Chromium's arguments for the browser tests. */
+export const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
 /** How long to wait for something that should happen at once. */
 export const SOON_MS = 5_000;
 /** How long to wait to be sure something does NOT happen. */

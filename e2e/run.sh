@@ -7,12 +7,13 @@
 # Environment:
 #   RELAY_BIN=path   test this binary instead of building with `cargo build --release`
 #   E2E_STRICT=1     count known bugs (tests marked todo) as failures
+#   E2E_TESTS="a.test.mjs b.test.mjs"   run only these test files
 #
 # Installs what it needs (npm ci into e2e/node_modules; python-socketio into a venv in
 # e2e/.work/python, kept between runs; Debian chromium via apt-get when /usr/bin/chromium is
-# missing, which needs root), starts one relay on a free port, runs the
-# node tests against it, stops it with SIGTERM and checks it exits 0. The last line is
-# "N passed, M failed"; the exit status is non-zero when anything failed.
+# missing, which needs root), starts one relay on a free port, runs the node tests against it
+# (relay-client.test.mjs holds the tests of client/relay-client.js), stops it with SIGTERM and
+# checks it exits 0. The last line is "N passed, M failed"; the exit status is non-zero when anything failed.
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -135,9 +136,6 @@ compact = true
 [clients]
 allow_anonymous = true
 
-[demo]
-client_file = "$E2E_DIR/node_modules/socket.io-client/dist/socket.io.min.js"
-
 [[clients.tokens]]
 name = "lobby"
 token = "$LOBBY_TOKEN"
@@ -181,8 +179,8 @@ tests_rc=0
 (cd "$E2E_DIR" && timeout --foreground 900 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$RUN_DIR/results.tap" \
-  kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs python.test.mjs browser.test.mjs \
-  baddays.test.mjs fleet.test.mjs) || tests_rc=$?
+  ${E2E_TESTS:-kiosk.test.mjs access.test.mjs cutoff.test.mjs shaping.test.mjs legacy.test.mjs python.test.mjs \
+  browser.test.mjs relay-client.test.mjs site.test.mjs baddays.test.mjs fleet.test.mjs}) || tests_rc=$?
 
 count() { # the number after "# <word>" in the TAP summary, 0 when absent
   local n

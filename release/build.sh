@@ -40,8 +40,10 @@ RELEASE_RUSTFLAGS=${RELEASE_RUSTFLAGS--C force-unwind-tables=no}
 # opt-level: Cargo.toml's release profile ("z", chosen by measurement: BENCHMARKS.md, "Choosing
 # opt-level"); CARGO_PROFILE_RELEASE_OPT_LEVEL overrides it for every target.
 opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(sed -n '/^\[profile.release\]/,/^\[/s/^opt-level = "\(.*\)"$/\1/p' Cargo.toml)}
-# Every stripped binary must stay under this (issue 5): the relay goes onto small SD cards.
-MAX_BYTES=$((4 * 1024 * 1024))
+# Every stripped binary must stay under this: the relay goes onto SD cards, which do not miss
+# a few MB, while a Pi Zero's CPU misses every cycle (6 MiB since the files cache, the kiosk app
+# and the fleet; it was 4 MiB).
+MAX_BYTES=$((6 * 1024 * 1024))
 JOBS=${JOBS:-2}   # two cores, shared
 OUT=target/release-artifacts
 TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/directus-relay-release
@@ -124,7 +126,7 @@ for t in "${targets[@]}"; do
   esac
   bytes=$(stat -c %s "$artifact")
   if [ "$bytes" -ge "$MAX_BYTES" ]; then
-    echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES (4 MiB)" >&2; failed=1
+    echo "FAIL: $artifact is $bytes bytes, the limit is $MAX_BYTES (6 MiB)" >&2; failed=1
   fi
   rows+=("$(awk -v t="$t" -v o="$opt_level" -v b="$bytes" -v s="$secs" 'BEGIN { printf "%-32s %3s %9d %6.2f MiB %5ds", t, o, b, b / 1048576, s }')")
 done

@@ -173,6 +173,15 @@ impl ConnectionHandle {
         }
     }
 
+    /// Keeps the connection from counting as idle until the guard is dropped: for an answer
+    /// whose body is still being sent once its head is out (a file streamed to a slow
+    /// screen), which the request alone does not cover.
+    pub fn busy(&self) -> Busy {
+        Busy {
+            _in_flight: self.request_started(),
+        }
+    }
+
     fn request_started(&self) -> InFlight {
         let mut activity = self.activity();
         activity.in_flight += 1;
@@ -299,6 +308,12 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// See [`ConnectionHandle::busy`].
+#[derive(Debug)]
+pub struct Busy {
+    _in_flight: InFlight,
 }
 
 /// A request being answered: the connection is not idle until it is dropped.

@@ -1,6 +1,8 @@
 //! The one HTTP port: Socket.IO under `/socket.io`, the webhook, `/healthz`, `/readyz`,
 //! `/metrics` (behind the admin token with `admin.protect_metrics`), the status page and the
 //! demo kiosk (`http/demo.rs`), served by hyper (over TLS with `[tls]`) with graceful shutdown.
+//! Before all of them, [`LocalFiles`] answers the built-in scripts (`http/client_js.rs`:
+//! socket.io-client and relay-client.js) and the kiosk app under `site.path` (`http/site.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +23,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub mod client_js;
+mod conditional;
 mod demo;
+mod file_body;
+mod local;
 mod screens;
+mod site;
 
-pub use demo::{CLIENT_MISSING, DemoClient};
+pub use local::{LocalBody, LocalFiles};
+pub use site::Site;
 
 use crate::config::{Config, Limits};
 use crate::connection;
@@ -106,8 +114,6 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     /// Where accepted webhook changes go.
     pub sink: webhook::Sink,
-    /// The demo page's socket.io client.
-    pub demo: Arc<DemoClient>,
     /// The known screens.
     pub fleet: Arc<Fleet>,
 }
@@ -215,7 +221,6 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (&Method::GET | &Method::HEAD, "/" | "/status") => html(STATUS_PAGE),
         (&Method::GET, "/status.json") => status_json(&req, shared),
         (&Method::GET | &Method::HEAD, "/demo") => demo::page(),
-        (&Method::GET, "/demo/socket.io.min.js") => shared.demo.serve(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -27,7 +27,9 @@
 //!   read what ([`kiosk::access`]); wrong tokens per client address ([`kiosk::throttle`]);
 //!   sessions that have not joined yet ([`kiosk::pending`]).
 //! * [`http`]: the single HTTP port, its routes and graceful shutdown; the demo kiosk page
-//!   and its client file (`http/demo.rs`).
+//!   (`http/demo.rs`); the built-in scripts, socket.io-client and relay-client.js
+//!   ([`http::client_js`]), and the kiosk app of `[site]` (`http/site.rs`), answered first
+//!   (`http/local.rs`).
 //! * [`connection`]: one accepted connection, its kill switch (a slow kiosk's is closed) and
 //!   its header and idle timeouts.
 //! * [`connections`]: every open connection: the cap below the descriptor limit, and which one
@@ -124,9 +126,17 @@ pub async fn run_with_reload(
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         sink,
-        demo: Arc::new(http::DemoClient::new(&config.demo)),
         fleet: fleet.clone(),
     };
+    if let Some(file) = &config.demo.client_file {
+        warn!(
+            client_file = %file.display(),
+            "demo.client_file is ignored: the relay serves its own socket.io-client {} at /socket.io/socket.io.min.js, which /demo loads; remove the key",
+            http::client_js::SOCKET_IO_CLIENT_VERSION
+        );
+    }
+    let site = Arc::new(http::Site::new(config.site_dir(), &config.site.path));
+    site.announce();
     connections::check_descriptor_limit(&config.limits);
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
@@ -234,7 +244,7 @@ pub async fn run_with_reload(
     let server = http::Server::start(
         listener,
         tls,
-        http::Cors::new(svc, config.clients.clone()),
+        http::LocalFiles::new(http::Cors::new(svc, config.clients.clone()), site),
         &config.limits,
         &metrics,
     );

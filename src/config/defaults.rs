@@ -116,8 +116,8 @@ pub fn max_subscribe_targets() -> usize {
 pub fn snapshot_bytes() -> usize {
     16 << 20
 }
-pub fn demo_client_file() -> PathBuf {
-    "/usr/share/directus-relay/socket.io.min.js".into()
+pub fn site_path() -> String {
+    "/app/".into()
 }
 pub fn log_level() -> String {
     "info".into()

@@ -33,7 +33,7 @@ pub use secret::{
 };
 pub use sections::{
     AdminConfig, ClientsConfig, DemoConfig, DirectusConfig, LogConfig, LogFormat,
-    MAX_WRONG_TOKEN_BACKOFF, Mode, TlsConfig, TokenConfig, WebhookConfig,
+    MAX_WRONG_TOKEN_BACKOFF, Mode, SiteConfig, TlsConfig, TokenConfig, WebhookConfig,
 };
 pub use units::{byte_size, duration};
 
@@ -78,6 +78,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub demo: DemoConfig,
+    /// The kiosk app served under `site.path`.
+    #[serde(default)]
+    pub site: SiteConfig,
 }
 
 /// What one known screen may hold: its identity, address, user agent, subscriptions, the
@@ -109,6 +112,14 @@ impl Config {
         self.limits.memory_budget_bytes() + SCREEN_BYTES * self.clients.max_screens as u64
     }
 
+    /// The folder of the kiosk app: `site.dir`, or `site` in `state_dir`.
+    pub fn site_dir(&self) -> PathBuf {
+        self.site
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("site"))
+    }
+
     /// The effective configuration as TOML, secrets masked.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -132,6 +143,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             demo: DemoConfig::default(),
+            site: SiteConfig::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The smaller sections of the config: `[webhook]`, `[directus]`, `[clients]`, `[tls]`,
-//! `[log]`, `[admin]` and `[demo]`.
+//! `[log]`, `[admin]`, `[demo]` and `[site]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,19 +11,34 @@ use super::secret::Secret;
 use super::units::duration;
 
 /// The demo kiosk page at `/demo`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
-    /// The site's copy of the socket.io-client browser bundle (`dist/socket.io.min.js` of the
-    /// npm package), served as `/demo/socket.io.min.js`.
-    #[serde(default = "defaults::demo_client_file")]
-    pub client_file: PathBuf,
+    /// Retired: the relay serves its own socket.io-client at `/socket.io/socket.io.min.js`,
+    /// which the demo page loads. Still accepted, so that a config file written for an older
+    /// relay keeps working after an upgrade; the relay warns at start that it is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_file: Option<PathBuf>,
 }
 
-impl Default for DemoConfig {
+/// `[site]`: a static kiosk app served from a folder of the relay's machine, so that a screen
+/// that starts while the uplink is down still loads its page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The folder served. Absent: `site` in `state_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The URL path it is served under, with a slash at both ends (`"/app/"`).
+    #[serde(default = "defaults::site_path")]
+    pub path: String,
+}
+
+impl Default for SiteConfig {
     fn default() -> Self {
         Self {
-            client_file: defaults::demo_client_file(),
+            dir: None,
+            path: defaults::site_path(),
         }
     }
 }

@@ -17,8 +17,10 @@ use super::{
 use crate::certificate;
 use crate::device::is_device_pattern;
 
-/// Paths the relay serves itself; the webhook path may not shadow them.
-const RESERVED_PATHS: [&str; 7] = [
+/// Paths the relay serves itself; neither the webhook path nor the kiosk app's may shadow
+/// them. `/assets` is kept for the Directus files the relay will serve.
+const RESERVED_PATHS: [&str; 12] = [
+    "/api",
     "/demo",
     "/socket.io",
     "/healthz",
@@ -26,7 +28,19 @@ const RESERVED_PATHS: [&str; 7] = [
     "/metrics",
     "/status",
     "/status.json",
+    "/relay-client.js",
+    "/relay-client.classic.js",
+    "/licenses",
+    "/assets",
 ];
+
+/// The reserved path `path` is, or lies under.
+fn reserved(path: &str) -> Option<&'static str> {
+    RESERVED_PATHS
+        .iter()
+        .find(|r| path == **r || path.starts_with(&format!("{r}/")))
+        .copied()
+}
 
 impl Config {
     /// Checks every value; the error names the key.
@@ -75,6 +89,7 @@ impl Config {
             ));
         }
         self.validate_limits()?;
+        self.validate_site()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -90,10 +105,7 @@ impl Config {
                 format!("must be an absolute path such as \"/hooks/directus\", got {path:?}"),
             ));
         }
-        if let Some(reserved) = RESERVED_PATHS
-            .iter()
-            .find(|r| path == *r || path.starts_with(&format!("{r}/")))
-        {
+        if let Some(reserved) = reserved(path) {
             return Err(invalid(
                 "webhook.path",
                 format!("{path:?} collides with {reserved}, which the relay serves itself"),
@@ -106,6 +118,56 @@ impl Config {
             return Err(invalid(
                 "webhook.durable",
                 "is for webhooks alone (no [directus]): with Directus, the activity log already recovers what a crash loses; remove webhook.durable or [directus]",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The kiosk app's folder and URL path.
+    fn validate_site(&self) -> Result<(), ConfigError> {
+        let path = &self.site.path;
+        let inner = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_suffix('/'))
+            .unwrap_or("");
+        if inner.is_empty() || !inner.split('/').all(is_name) {
+            return Err(invalid(
+                "site.path",
+                format!(
+                    "must be a path with a slash at both ends such as \"/app/\" (letters, digits, _ and - between the slashes), got {path:?}"
+                ),
+            ));
+        }
+        let bare = path.trim_end_matches('/');
+        if let Some(reserved) = reserved(bare).or_else(|| {
+            RESERVED_PATHS
+                .iter()
+                .find(|r| r.starts_with(path.as_str()))
+                .copied()
+        }) {
+            return Err(invalid(
+                "site.path",
+                format!("{path:?} collides with {reserved}, which the relay serves itself"),
+            ));
+        }
+        let hook = &self.webhook.path;
+        if hook == bare || hook.starts_with(path.as_str()) {
+            return Err(invalid(
+                "site.path",
+                format!(
+                    "{path:?} holds webhook.path {hook:?}: choose another path for one of them"
+                ),
+            ));
+        }
+        if let Some(dir) = &self.site.dir
+            && !dir.is_absolute()
+        {
+            return Err(invalid(
+                "site.dir",
+                format!(
+                    "{:?} is not an absolute path (such as \"/var/lib/directus-relay/site\")",
+                    dir.display().to_string()
+                ),
             ));
         }
         Ok(())
