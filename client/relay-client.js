@@ -8,6 +8,12 @@
 //   screens.on("change", (change) => render([...screens.values()]));
 //   relay.on("status", (status) => showOffline(status.upstream === "offline"));
 //   img.src = relay.asset(record.image, { width: 800, format: "webp" });
+//   relay.on("command", (c) => { if (c.command === "show-page") { show(c.args.page); c.handled = true; } });
+//
+// An operator's commands from the relay's status page (relay.command) are acknowledged:
+// `reload` reloads the page, `identify` shows the device id full screen for a few seconds,
+// `resync` takes every view afresh (a snapshot); a "command" listener sees every command first,
+// may call preventDefault() to handle one of those itself, and sets `handled` for its own names.
 //
 // A view is filled from the subscribe answer's snapshot, kept up to date by the data events,
 // and after a reconnect resumes from the last event it applied (`since`): the relay answers
@@ -26,6 +32,8 @@ const ACTIONS = ["create", "update", "pre-delete", "delete"];
 const ASSET_PARAMS = ["key", "width", "height", "fit", "quality", "format", "withoutEnlargement"];
 /** The most collections and routed rooms one subscribe names (the relay's default limit). */
 const MAX_TARGETS = 64;
+/** How long `identify` shows the device id unless its args say `seconds`. */
+const IDENTIFY_SECONDS = 5;
 
 /** on/off/once/emit for the relay and its views. */
 function listeners(target) {
@@ -149,6 +157,11 @@ class Relay {
     return this._channels.get("/").socket;
   }
 
+  /** Takes every view afresh: a subscribe without `since`, answered with a snapshot. */
+  resync() {
+    for (const channel of this._channels.values()) channel.resync();
+  }
+
   /** Disconnects for good. */
   close() {
     this.closed = true;
@@ -162,6 +175,55 @@ class Relay {
       this._channels.set(namespace, channel);
     }
     return channel;
+  }
+
+  /**
+   * An operator's command: the "command" listeners first, then the built-in ones unless a
+   * listener called preventDefault(); the relay gets {ok} or {ok: false, error} back.
+   */
+  _command(body, ack) {
+    const command = {
+      id: body && body.id,
+      command: body && typeof body.command === "string" ? body.command : "",
+      args: body && body.args && typeof body.args === "object" ? body.args : {},
+      handled: false,
+      defaultPrevented: false,
+      preventDefault() {
+        this.defaultPrevented = true;
+        this.handled = true;
+      },
+    };
+    this._emit("command", command);
+    if (!command.defaultPrevented) {
+      if (command.command === "reload") {
+        command.handled = true;
+        // After the acknowledgement has left.
+        setTimeout(() => root.location && root.location.reload(), 100);
+      } else if (command.command === "identify") {
+        command.handled = true;
+        this._identify(Number(command.args.seconds) || IDENTIFY_SECONDS);
+      } else if (command.command === "resync") {
+        command.handled = true;
+        this.resync();
+      }
+    }
+    if (typeof ack !== "function") return;
+    if (command.handled) ack({ ok: true });
+    else ack({ ok: false, error: `this page does not handle the command ${JSON.stringify(command.command)}` });
+  }
+
+  /** Shows the device id over the whole page for `seconds`. */
+  _identify(seconds) {
+    const doc = root.document;
+    if (!doc || !doc.body) return;
+    const old = doc.getElementById("relay-identify");
+    if (old) old.remove();
+    const box = doc.createElement("div");
+    box.id = "relay-identify";
+    box.setAttribute("style", "position:fixed;inset:0;z-index:2147483647;display:flex;align-items:center;justify-content:center;background:#000d;color:#fff;font:bold 12vmin system-ui,sans-serif;text-align:center;word-break:break-all");
+    box.textContent = this.device || "(no device id)";
+    doc.body.append(box);
+    setTimeout(() => box.remove(), seconds * 1000);
   }
 
   _setStatus(status) {
@@ -324,6 +386,7 @@ class Channel {
     });
     this.socket.on("connect_error", (error) => relay._setError(error && error.message ? error.message : String(error)));
     this.socket.on("relay.status", (status) => relay._setStatus(status));
+    this.socket.on("relay.command", (body, ack) => relay._command(body, ack));
     this.socket.onAny((name, body) => this.event(name, body));
     // After the caller's synchronous collection() calls, so that the first subscribe names them.
     Promise.resolve().then(() => {
@@ -349,6 +412,15 @@ class Channel {
   close() {
     this.closed = true;
     this.socket.disconnect();
+  }
+
+  /** Every view afresh, as on a first connect. */
+  resync() {
+    this.filled.clear();
+    this.since = null;
+    this.waiting = [];
+    this.batches = this.views.size ? [{ views: Array.from(this.views), since: null }] : [];
+    this.pump();
   }
 
   connected() {

@@ -3,7 +3,8 @@
 // after clients.missing_after, and the admin token required to act.
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { chromium } from "playwright-core";
@@ -149,4 +150,41 @@ test("the status page on a phone lists the screens, says which is missing, and i
   assert.match(await rows.nth(0).innerText(), /^Hall \(hall\)[\s\S]*missing, last seen/, "missing screens come first");
   assert.equal(await rows.nth(0).getByRole("button", { name: "reload" }).isDisabled(), true, "no command to a screen that is away");
   await shoot("fleet-status-missing.png");
+});
+
+test("the example kiosk page built on relay-client.js identifies itself and reloads when told", { timeout: 120_000 }, async (t) => {
+  const token = TOKEN;
+  const dir = mkdtempSync(join(tmpdir(), "relay-fleet-site-"));
+  mkdirSync(join(dir, "site"));
+  copyFileSync(join(REPO_ROOT, "examples/site/index.html"), join(dir, "site/index.html"));
+  const relay = await startOwnRelay(CONFIG, { dir, secret: SECRET });
+  t.after(() => relay.stop());
+  await relay.post({ event: "screens.items.create", collection: "screens", key: "1", payload: { id: 1, name: "Welcome" } });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 800, height: 450 } });
+  let loads = 0;
+  page.on("load", () => (loads += 1));
+  await page.goto(`${relay.url}/app/?token=${token}&device=lobby-left`);
+  await page.waitForFunction(() => /Welcome/.test(document.querySelector("#screens").textContent), null, { timeout: PATIENCE_MS });
+  const command = (body) => api(relay.url, "/api/screens/lobby-left/commands", { method: "POST", body });
+
+  const identify = await command({ command: "identify", args: { seconds: 30 } });
+  assert.equal(identify.body.acked, true, JSON.stringify(identify.body));
+  await page.waitForSelector("#relay-identify", { timeout: PATIENCE_MS });
+  assert.equal(await page.locator("#relay-identify").innerText(), "lobby-left");
+  mkdirSync(OUTPUT_DIR, { recursive: true });
+  await page.screenshot({ path: join(OUTPUT_DIR, "fleet-identify.png") });
+  t.diagnostic(`screenshot: ${join(OUTPUT_DIR, "fleet-identify.png")}`);
+
+  const before = loads;
+  const reload = await command({ command: "reload" });
+  assert.equal(reload.body.acked, true, JSON.stringify(reload.body));
+  const deadline = Date.now() + PATIENCE_MS;
+  while (loads === before && Date.now() < deadline) await sleep(100);
+  assert.equal(loads, before + 1, "the page reloaded once");
+  await page.waitForFunction(() => /Welcome/.test(document.querySelector("#screens").textContent), null, { timeout: PATIENCE_MS });
+  assert.equal(await page.locator("#relay-identify").count(), 0, "a reloaded page starts without the overlay");
+  const listed = await api(relay.url, "/api/screens");
+  assert.equal(listed.body.screens[0].connects_last_hour, 2, "the reload is a second connect of the same screen");
 });

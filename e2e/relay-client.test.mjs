@@ -293,3 +293,51 @@ test("an event too large to send whole makes the view take a snapshot", { timeou
   await refreshed;
   assert.equal(screens.get("big").name, big, "the whole record, from the snapshot");
 });
+
+test("an operator's commands reach a relay-client.js screen: acknowledged, resync takes a snapshot, the page's own names", { timeout: 120_000 }, async (t) => {
+  const secret = `commands-secret-${RUN_ID}-0123456789`;
+  const admin = `commands-admin-${RUN_ID}-0123456789`;
+  const own = await startOwnRelay(`clients.allow_anonymous = true
+[webhook]
+secret = "${secret}"
+[admin]
+token = "${admin}"
+[[collections]]
+name = "screens"
+`, { secret });
+  t.after(() => own.stop());
+  await own.post({ event: "screens.items.create", collection: "screens", key: "1", payload: { id: 1, name: "Lobby" } });
+  const relay = connectRelay({ url: own.url, io, device: "lobby-left", socketOptions: { forceNew: true } });
+  t.after(() => relay.close());
+  const screens = relay.collection("screens");
+  await screens.ready;
+  const seen = [];
+  relay.on("command", (c) => {
+    seen.push(c.command);
+    if (c.command === "show-page") c.handled = true;
+  });
+  const command = async (body) => {
+    const res = await fetch(`${own.url}/api/screens/lobby-left/commands`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 202);
+    return res.json();
+  };
+
+  const snapshot = next(screens, "change", (c) => c.action === "snapshot", 10_000, "a snapshot after resync");
+  assert.equal((await command({ command: "resync" })).acked, true);
+  assert.deepEqual((await snapshot).updated.concat((await snapshot).added), [], "nothing changed, all taken afresh");
+  assert.equal(screens.get("1").name, "Lobby");
+  assert.equal((await command({ command: "show-page", args: { page: 2 } })).acked, true, "a name the page handles");
+  const dance = await command({ command: "dance" });
+  assert.equal(dance.acked, false, "a name nobody handles is not acknowledged");
+  assert.match(dance.declined, /does not handle the command "dance"/);
+  assert.deepEqual(seen, ["resync", "show-page", "dance"]);
+  // Live events still reach the view after the resync.
+  const live = next(screens, "change", (c) => c.action === "update");
+  await own.post({ event: "screens.items.update", collection: "screens", keys: ["1"], payload: { name: "Hall" } });
+  await live;
+  assert.equal(screens.get("1").name, "Hall");
+});

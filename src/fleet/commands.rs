@@ -63,32 +63,68 @@ impl Request {
     }
 }
 
-/// Sends `request` to `socket` and waits up to [`ACK_WAIT`] for the screen's acknowledgement:
-/// `Some(true)` acknowledged, `Some(false)` not within the wait, `None` not sent (the
-/// connection closed or its queue is full).
-pub async fn send(socket: &SocketRef, request: &Request, metrics: &Metrics) -> Option<bool> {
+/// What became of a command sent to a screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The screen acknowledged it (its page acted on it).
+    Acked,
+    /// The screen answered that it does not handle it, saying why.
+    Declined(String),
+    /// No answer within [`ACK_WAIT`].
+    Silent,
+}
+
+impl Answer {
+    /// The screen's answer as the API gives it: `acked`, and the screen's reason when it
+    /// declined.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Answer::Acked => json!({ "acked": true }),
+            Answer::Declined(error) => json!({ "acked": false, "declined": error }),
+            Answer::Silent => json!({ "acked": false }),
+        }
+    }
+}
+
+/// Sends `request` to `socket` and waits up to [`ACK_WAIT`] for the screen's answer; `None`
+/// when it could not be sent (the connection closed, or its queue is full).
+pub async fn send(socket: &SocketRef, request: &Request, metrics: &Metrics) -> Option<Answer> {
     let payload = json!({
         "id": command_id(),
         "command": request.command,
         "args": request.args.clone().unwrap_or_default(),
     });
-    let outcome = match socket
+    let answer = match socket
         .timeout(ACK_WAIT)
         .emit_with_ack::<_, Value>(EVENT, &payload)
     {
         Err(_) => None,
-        Ok(ack) => Some(ack.await.is_ok()),
+        Ok(ack) => Some(match ack.await {
+            Err(_) => Answer::Silent,
+            // A page that answers {ok: false, error} did not act on it.
+            Ok(value) if value.get("ok") == Some(&Value::Bool(false)) => Answer::Declined(
+                value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the screen declined the command")
+                    .chars()
+                    .take(200)
+                    .collect(),
+            ),
+            Ok(_) => Answer::Acked,
+        }),
     };
-    let label = match outcome {
-        Some(true) => "acked",
-        Some(false) => "not-acked",
+    let label = match answer {
+        Some(Answer::Acked) => "acked",
+        Some(Answer::Declined(_)) => "declined",
+        Some(Answer::Silent) => "not-acked",
         None => "not-sent",
     };
     metrics
         .screen_commands
         .get_or_create(&reason_labels(label))
         .inc();
-    outcome
+    answer
 }
 
 /// A random id for one command, so a page can tell two apart.

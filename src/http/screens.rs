@@ -62,10 +62,12 @@ pub async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 );
             };
             match commands::send(socket, &command, &shared.metrics).await {
-                Some(acked) => json_response(
-                    StatusCode::ACCEPTED,
-                    &json!({ "ok": true, "device": device, "acked": acked }),
-                ),
+                Some(answer) => {
+                    let mut body = answer.to_json();
+                    body["ok"] = json!(true);
+                    body["device"] = json!(device);
+                    json_response(StatusCode::ACCEPTED, &body)
+                }
                 None => error(
                     StatusCode::CONFLICT,
                     "the screen's connection closed, or it is not reading, before the command could be sent",
@@ -95,8 +97,13 @@ pub async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             };
             let command = &command;
             let sent = join_all(chosen.iter().map(|(device, socket)| async move {
-                let outcome = commands::send(socket, command, &shared.metrics).await;
-                json!({ "device": device, "sent": outcome.is_some(), "acked": outcome == Some(true) })
+                let answer = commands::send(socket, command, &shared.metrics).await;
+                let mut result = answer
+                    .as_ref()
+                    .map_or_else(|| json!({ "acked": false }), commands::Answer::to_json);
+                result["device"] = json!(device);
+                result["sent"] = json!(answer.is_some());
+                result
             }))
             .await;
             let acked = sent.iter().filter(|s| s["acked"] == true).count();
