@@ -17,7 +17,8 @@
 # to the recipe (the functions and package list below) builds a new image.
 #
 # Variables: VM_CPUS (2), VM_MEMORY (MiB, 1024), VM_BOOT_TIMEOUT (seconds, 90 with KVM, 900
-# under TCG), VM_ACCEL (kvm or tcg; default kvm when usable), VM_KEEP=1 (keep the work dir).
+# under TCG), VM_ACCEL (kvm or tcg; default kvm when usable), VM_TCG=0 (no KVM: skip, exit 77,
+# instead of running under TCG), VM_KEEP=1 (keep the work dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,7 @@ PACKAGES=(systemd-sysv udev dbus "$KERNEL_PKG" initramfs-tools zstd openssh-serv
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 WORK=$(mktemp -d /tmp/directus-relay-vm.XXXXXX)
 QEMU_PID=
+ACCEL_WHY=
 
 # --- host tools -------------------------------------------------------------------------------
 
@@ -172,7 +174,6 @@ choose_accel() {
   ACCEL=${VM_ACCEL:-}
   if [ -z "$ACCEL" ]; then
     ACCEL=tcg
-    ACCEL_WHY=
     if [ "$ARCH" != amd64 ] || [ "$(uname -m)" != x86_64 ]; then
       ACCEL_WHY="no KVM for $ARCH on $(uname -m)"
     elif ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
@@ -572,6 +573,11 @@ check_purge() {
 # --- main -------------------------------------------------------------------------------------
 
 total_start=$SECONDS
+choose_accel
+if [ "$ACCEL" = tcg ] && [ "${VM_TCG:-1}" = 0 ]; then
+  echo "SKIP: no KVM ($ACCEL_WHY) and VM_TCG=0 (no time for TCG): nothing checked"
+  exit 77
+fi
 mkdir -p "$CACHE"
 install_tools
 if [ -n "${VM_DEB:-}" ]; then
@@ -584,7 +590,6 @@ fi
 [ -f "$DEB" ] || { echo "no $DEB" >&2; exit 1; }
 echo "package: $DEB"
 ensure_image
-choose_accel
 boot_start=$SECONDS
 vm_start
 check "boot: Debian $SUITE $ARCH reaches sshd ($ACCEL)" vm_wait_ssh
