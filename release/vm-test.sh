@@ -90,6 +90,7 @@ install_tools() {
     # mmdebstrap runs the arm64 maintainer scripts under qemu-user, through binfmt_misc.
     command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
     command -v update-binfmts >/dev/null || need+=(binfmt-support)
+    command -v arch-test >/dev/null || need+=(arch-test)
   fi
   [ ${#need[@]} = 0 ] || install_packages "${need[@]}"
   if [ "$ARCH" = arm64 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
@@ -161,7 +162,17 @@ ensure_image() {
   local start=$SECONDS tmp=$IMAGE.tmp
   rm -rf "$tmp"
   mkdir -p "$tmp"
-  build_image "$tmp" > "$WORK/build-image.log" 2>&1 || { tail -n 40 "$WORK/build-image.log"; echo "image build failed" >&2; exit 1; }
+  # In a subshell of its own so that `set -e` holds inside (it does not in a `||` list).
+  local rc=0
+  set +e
+  (set -e; build_image "$tmp") > "$WORK/build-image.log" 2>&1
+  rc=$?
+  set -e
+  if [ $rc != 0 ]; then
+    tail -n 40 "$WORK/build-image.log"
+    echo "image build failed" >&2
+    exit 1
+  fi
   recipe > "$tmp/recipe"
   touch "$tmp/ready"
   # Older images of this architecture are of another recipe.
