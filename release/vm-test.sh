@@ -5,7 +5,7 @@
 # output and, for a boot that did not finish, the serial console's tail), then a closing
 # `N passed, M failed` line; the exit status is 1 when a check failed.
 #
-#   bash release/vm-test.sh amd64     # KVM when /dev/kvm is usable, TCG otherwise
+#   bash release/vm-test.sh amd64     # KVM when /dev/kvm is usable and the CPU has vmx/svm, else TCG
 #   bash release/vm-test.sh arm64     # the `virt` machine under TCG (a Cortex-A72, as a Pi 4)
 #
 # Installs what it lacks (mmdebstrap, qemu-system-*, qemu-utils, node's socket.io-client in e2e/),
@@ -507,10 +507,10 @@ check_reboot() {
   after=$(kiosk_view)
   grep -q '"lobby"' <<<"$after"
   # A reboot stops the relay cleanly: the epoch continues.
-  [ "$(jq_epoch "$after")" = "$(jq_epoch "$epoch_before")" ] || fail "epoch changed: $epoch_before -> $after"
+  [ "$(epoch_of "$after")" = "$(epoch_of "$epoch_before")" ] || fail "epoch changed: $epoch_before -> $after"
   note "after the reboot: $after"
 }
-jq_epoch() { sed -n 's/.*"epoch":"\([^"]*\)".*/\1/p' <<<"$1"; }
+epoch_of() { sed -n 's/.*"epoch":"\([^"]*\)".*/\1/p' <<<"$1"; }
 
 check_limits() {
   local pid cg
