@@ -82,6 +82,26 @@ fn every_invalid_config_fails_with_its_error() {
     }
 }
 
+/// An error names the file by the path it was given, also when that path is under the working
+/// directory (systemd starts the relay in "/", and "etc/directus-relay/relay.toml" is no path an
+/// operator would look for).
+#[test]
+fn a_config_error_names_the_file_by_its_full_path() {
+    let dir = tempfile::Builder::new()
+        .prefix(".config-error-path")
+        .tempdir_in(std::env::current_dir().expect("cwd"))
+        .expect("tempdir");
+    let path = dir.path().join("relay.toml");
+    fs::write(&path, "listne = \"127.0.0.1:8080\"\n").expect("write");
+    let message = Config::load(Some(&path))
+        .expect_err("unknown key")
+        .to_string();
+    assert!(
+        message.contains(&format!("listne: unknown key (from {})", path.display())),
+        "{message}"
+    );
+}
+
 #[test]
 fn the_secret_can_come_from_a_systemd_credential() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -102,6 +102,9 @@ fn describe_figment_error(error: figment::Error) -> String {
                 .metadata
                 .as_ref()
                 .map(|m| match &m.source {
+                    // The path as given: figment shows it relative to the working directory,
+                    // which under systemd is "/" ("etc/directus-relay/relay.toml").
+                    Some(figment::Source::File(path)) => format!(" (from {})", path.display()),
                     Some(source) => format!(" (from {source})"),
                     None => format!(" (from {})", m.name),
                 })
