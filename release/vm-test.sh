@@ -560,6 +560,48 @@ check_security() {
   [ -n "$score" ] && [ "$score" = "$readme" ]
 }
 
+# The SD card's boot partition (/boot/firmware on Raspberry Pi OS; here a folder at that path):
+# a good set is imported before the relay starts, a broken one is left in place with a note.
+check_sd_import() {
+  local old_secret new_secret t0 card=/boot/firmware/directus-relay body
+  body='{"event":"screens.items.create","collection":"screens","key":"sd","payload":{"id":"sd"}}'
+  old_secret=$(vm cat /etc/directus-relay/credentials/webhook_secret)
+  new_secret=$(openssl rand -hex 24)
+  vm mkdir -p "$card"
+  vm "{ echo 'site_name = \"sd-card-site\"'; cat /etc/directus-relay/relay.toml; } > $card/relay.toml"
+  vm "printf '%s\n' $new_secret > $card/webhook_secret"
+  t0=$(vm_now)
+  vm systemctl restart directus-relay
+  wait_for 30 relay_up
+  vm journalctl -u directus-relay-import --no-pager -o cat --since "@$t0" > "$WORK/import.log"
+  cat "$WORK/import.log"
+  grep -q "imported /etc/directus-relay/credentials/webhook_secret" "$WORK/import.log"
+  vm test ! -e "$card/webhook_secret"
+  vm test ! -e "$card/relay.toml"
+  vm grep -q webhook_secret "$card/IMPORTED.txt"
+  [ "$(vm stat -c %a /etc/directus-relay/credentials/webhook_secret)" = 600 ]
+  vm grep -q sd-card-site /etc/directus-relay/relay.toml
+  vm test -f /etc/directus-relay/relay.toml.before-import
+  [ "$(webhook "$body")" = 202 ] || fail "the new secret is not in use"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -H "X-Relay-Secret: $old_secret" \
+    --data "$body" "http://127.0.0.1:$HTTP_PORT/hooks/directus")" = 401 ] || fail "the old secret still works"
+  note "imported relay.toml and webhook_secret from $card; the card holds only IMPORTED.txt"
+
+  vm "printf '[webhook]\nsecrett = 1\n' > $card/relay.toml"
+  t0=$(vm_now)
+  vm systemctl restart directus-relay
+  wait_for 30 relay_up
+  [ "$(vm systemctl is-failed directus-relay-import || true)" = failed ] || fail "a broken set did not fail the import unit"
+  vm test -f "$card/relay.toml"
+  vm grep -q secrett "$card/NOT-IMPORTED.txt"
+  vm journalctl -u directus-relay-import --no-pager -o cat --since "@$t0" | grep -q secrett
+  vm grep -q sd-card-site /etc/directus-relay/relay.toml
+  [ "$(webhook "$body")" = 202 ] || fail "the relay does not run with the configuration it had"
+  note "a broken relay.toml is left on the card with NOT-IMPORTED.txt naming the key; the relay runs as before"
+  vm rm -rf "$card"
+  vm systemctl reset-failed directus-relay-import
+}
+
 check_upgrade() {
   local pid inode newer
   # The same package with a newer version: repacked, so the file on disk is a new one.
@@ -642,6 +684,7 @@ if [ $failed = 0 ]; then
   check "a kiosk storm from the host: no restart, no OOM kill" check_storm
   check "seccomp: no EPERM in the relay's journal" check_seccomp
   check "systemd-analyze security scores what the README says" check_security
+  check "configured from the SD card: a good set is imported before the relay, a broken one left with a note" check_sd_import
   check "upgrade to a newer .deb restarts onto the new binary and keeps relay.toml" check_upgrade
   check "apt remove stops it" check_remove
   check "apt purge removes its state" check_purge
