@@ -173,6 +173,12 @@ impl ConnectionHandle {
         }
     }
 
+    /// Marks the connection busy until the guard is dropped: a response body streamed long
+    /// after its head (a large file) holds one, so that `limits.idle_timeout` does not cut it.
+    pub fn busy(&self) -> InFlight {
+        self.request_started()
+    }
+
     fn request_started(&self) -> InFlight {
         let mut activity = self.activity();
         activity.in_flight += 1;
@@ -303,7 +309,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 
 /// A request being answered: the connection is not idle until it is dropped.
 #[derive(Debug)]
-struct InFlight {
+pub struct InFlight {
     connection: ConnectionHandle,
     websocket: bool,
 }

@@ -82,10 +82,11 @@ fn status_json(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             &json!({ "error": "this relay's status needs its admin token ([admin] token)" }),
         ));
     }
-    let status = shared
+    let mut status = shared
         .metrics
         .board
         .render(&shared.config, &shared.hub.report());
+    status["assets"] = shared.metrics.assets.status();
     with_header(
         json_response(StatusCode::OK, &status),
         header::CACHE_CONTROL,

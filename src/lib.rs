@@ -35,6 +35,8 @@
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
 //! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
+//! * [`assets`]: the Directus files items reference, prefetched into a bounded disk cache and
+//!   served at `/assets/<id>` (`[assets]`), so pictures stay on screen while the uplink is down.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
 //! * [`clock`]: timestamps, in one place.
 //! * [`nesting`]: how deeply JSON taken into the mirror may nest ([`nesting::MAX_NESTING`]),
@@ -43,6 +45,7 @@
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
+pub mod assets;
 pub mod certificate;
 pub mod clock;
 pub mod config;
@@ -104,12 +107,21 @@ pub async fn run_with_reload(
     shutdown: CancellationToken,
     reload: Reload,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    let asset_paths = assets::prepare(&mut config).await;
     let config = Arc::new(config);
     let tls = config.tls.as_ref().map(tls::KioskTls::new).transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let tracker = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
 
+    let assets = assets::Assets::start(
+        &config,
+        asset_paths,
+        metrics.assets.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    )?;
     let (hub, inbox) = hub::channel(&config);
     let (sink, webhooks, journal_inbox) = upstream::webhook_sink(&config, &hub);
     let shared = http::Shared {
@@ -166,6 +178,7 @@ pub async fn run_with_reload(
         io.clone(),
         metrics.clone(),
         persistence,
+        assets.clone(),
         stop_tasks.clone(),
         &tracker,
     );
@@ -211,7 +224,7 @@ pub async fn run_with_reload(
     let server = http::Server::start(
         listener,
         tls,
-        http::Cors::new(svc, config.clients.clone()),
+        assets::Route::new(http::Cors::new(svc, config.clients.clone()), assets),
         &config.limits,
         &metrics,
     );

@@ -4,6 +4,7 @@
 //!
 //! Every key is documented in the README. Errors name the key and say what was expected.
 
+mod assets;
 mod collection;
 mod defaults;
 mod error;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use assets::{AssetsConfig, MAX_ASSET_CONCURRENCY, MIN_ASSET_BYTES};
 pub use collection::{
     CollectionConfig, EVENT_ACTIONS, EventNames, MAX_EVENT_NAME_LEN, RESERVED_EVENT_NAMES,
     expand_event_name,
@@ -74,6 +76,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub demo: DemoConfig,
+    /// The Directus files items reference, cached and served at `/assets/<id>`.
+    #[serde(default)]
+    pub assets: AssetsConfig,
 }
 
 impl Config {
@@ -115,6 +120,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             demo: DemoConfig::default(),
+            assets: AssetsConfig::default(),
         }
     }
 }
