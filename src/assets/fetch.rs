@@ -187,6 +187,8 @@ pub struct CacheWriter {
     written: u64,
     hash: u64,
     done: bool,
+    /// The size Directus announced, taken from the budget at the first chunk.
+    expected: Option<u64>,
 }
 
 impl std::fmt::Debug for CacheWriter {
@@ -198,9 +200,6 @@ impl std::fmt::Debug for CacheWriter {
     }
 }
 
-/// How much budget a download takes at a time.
-const GROW_STEP: u64 = 1 << 20;
-
 impl CacheWriter {
     /// Starts writing `file` (`params`: the variant) into the cache; `None` when the same
     /// variant is being downloaded already.
@@ -209,6 +208,7 @@ impl CacheWriter {
         file: &str,
         params: &str,
         claimed: bool,
+        expected: Option<u64>,
     ) -> Result<Option<CacheWriter>, FetchError> {
         let name = variant_name(file, params);
         let temp = {
@@ -229,6 +229,7 @@ impl CacheWriter {
             written: 0,
             hash: 0xcbf2_9ce4_8422_2325,
             done: false,
+            expected,
         };
         let out = tokio::fs::File::create(&writer.temp)
             .await
@@ -241,7 +242,11 @@ impl CacheWriter {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
         let need = self.written + chunk.len() as u64;
         if need > self.reserved {
-            let more = (need - self.reserved).max(GROW_STEP);
+            // The whole size at once when Directus said it, else what this chunk needs.
+            let more = match self.expected {
+                Some(expected) if expected >= need => expected - self.reserved,
+                _ => need - self.reserved,
+            };
             self.inner
                 .store()
                 .grow(&self.file, more, &self.inner.figures)
@@ -329,11 +334,21 @@ impl Drop for CacheWriter {
     }
 }
 
-/// Downloads a variant into the cache (the prefetcher's way): claimed already by the caller.
+/// Downloads a variant into the cache (the prefetcher's way): claimed already by the caller,
+/// and given up whatever happens.
 pub async fn download(inner: &Arc<Inner>, file: &str, params: &str) -> Result<Meta, FetchError> {
-    let Some(mut writer) = CacheWriter::begin(inner, file, params, true).await? else {
-        return Err(FetchError::Cut("already being downloaded".into()));
-    };
+    let result = download_claimed(inner, file, params).await;
+    if result.is_err() {
+        inner.store().abandon(&variant_name(file, params), 0);
+    }
+    result
+}
+
+async fn download_claimed(
+    inner: &Arc<Inner>,
+    file: &str,
+    params: &str,
+) -> Result<Meta, FetchError> {
     let mut response = inner.upstream.open(file, params, None).await?;
     let mut head = Head::of(&response);
     if params.is_empty()
@@ -349,6 +364,10 @@ pub async fn download(inner: &Arc<Inner>, file: &str, params: &str) -> Result<Me
             _ => head.expected = Some(size),
         }
     }
+    let Some(mut writer) = CacheWriter::begin(inner, file, params, true, head.expected).await?
+    else {
+        return Err(FetchError::Cut("already being downloaded".into()));
+    };
     loop {
         match tokio::time::timeout(STALL, response.chunk()).await {
             Ok(Ok(Some(chunk))) => writer.write(&chunk).await?,

@@ -317,7 +317,7 @@ async fn through(
     }
     let whole = range.is_none() && status == reqwest::StatusCode::OK;
     let writer = if whole {
-        CacheWriter::begin(inner, file, params, false)
+        CacheWriter::begin(inner, file, params, false, head_info.expected)
             .await
             .ok()
             .flatten()
