@@ -49,7 +49,11 @@ pub use serve::{Route, serve};
 /// Misses streamed through from Directus at the same time; one more is answered 503 with
 /// `Retry-After`, so that a crowd of screens asking for files that are not cached cannot open
 /// unbounded connections to Directus.
-pub const STREAMS_THROUGH: usize = 32;
+pub const STREAMS_THROUGH: usize = 16;
+
+/// Files sent from disk at the same time (each holds a 64 KiB chunk and up to 64 KiB in
+/// hyper's write buffer); one more is answered 503 with `Retry-After`.
+pub const STREAMS_FROM_DISK: usize = 256;
 
 /// How long discovery may take at start when a previous start's schema is on disk.
 pub const DISCOVERY_TIMEOUT_WITH_SAVED: std::time::Duration = std::time::Duration::from_secs(3);
@@ -74,6 +78,7 @@ pub(crate) struct Inner {
     cached: watch::Sender<u64>,
     gate: Gate,
     streams: Arc<Semaphore>,
+    from_disk: Arc<Semaphore>,
 }
 
 impl Inner {
@@ -178,6 +183,7 @@ impl Assets {
             cached: watch::channel(0).0,
             gate: Gate::new(&config.clients),
             streams: Arc::new(Semaphore::new(STREAMS_THROUGH)),
+            from_disk: Arc::new(Semaphore::new(STREAMS_FROM_DISK)),
         });
         prefetch::spawn(inner.clone(), shutdown, tracker);
         Ok(Some(Assets { inner }))

@@ -33,8 +33,9 @@ pub const TRANSFORMATIONS: [&str; 7] = [
 /// Bytes read from disk (or Directus) per chunk sent.
 pub const CHUNK: usize = 64 << 10;
 
-/// Chunks in flight between a download and the client it streams to.
-const THROUGH_CHUNKS: usize = 4;
+/// Chunks in flight between a download and the client it streams to (each up to the size
+/// the HTTP client read at once, some hundred KiB).
+const THROUGH_CHUNKS: usize = 1;
 
 /// How browsers and kiosks may keep a file: privately, revalidated each time (a 304 costs
 /// nothing), since a file may change under the same id.
@@ -77,13 +78,21 @@ pub async fn serve(assets: Option<&Assets>, req: &Parts) -> Response<Body> {
         .map(|c| c.busy());
     let cached = inner.store().lookup(file, &params);
     if let Some(meta) = cached {
+        let Ok(permit) = inner.from_disk.clone().try_acquire_owned() else {
+            let mut busy = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the relay is sending many files at once; try again shortly\n",
+            );
+            set(&mut busy, header::RETRY_AFTER, "2");
+            return busy;
+        };
         let path = inner
             .store()
             .data_path(&super::store::variant_name(file, &params));
         match tokio::fs::File::open(&path).await {
             Ok(data) => {
                 inner.figures.hits.inc();
-                return from_disk(&meta, data, req, head, busy).await;
+                return from_disk(&meta, data, req, head, (busy, permit)).await;
             }
             Err(e) => debug!(file, %e, "cached file vanished (evicted meanwhile); fetching"),
         }
@@ -172,7 +181,7 @@ async fn from_disk(
     mut data: tokio::fs::File,
     req: &Parts,
     head: bool,
-    busy: body::Busy,
+    hold: (body::Busy, tokio::sync::OwnedSemaphorePermit),
 ) -> Response<Body> {
     let etag = meta.etag();
     let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -232,7 +241,7 @@ async fn from_disk(
         );
     }
     let stream =
-        futures_util::stream::unfold((data, len, busy), |(mut data, left, busy)| async move {
+        futures_util::stream::unfold((data, len, hold), |(mut data, left, hold)| async move {
             if left == 0 {
                 return None;
             }
@@ -240,16 +249,16 @@ async fn from_disk(
             match data.read(&mut buf).await {
                 Ok(0) => Some((
                     Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                    (data, 0, busy),
+                    (data, 0, hold),
                 )),
                 Ok(n) => {
                     buf.truncate(n);
                     Some((
                         Ok(http_body::Frame::data(Bytes::from(buf))),
-                        (data, left - n as u64, busy),
+                        (data, left - n as u64, hold),
                     ))
                 }
-                Err(e) => Some((Err(e), (data, 0, busy))),
+                Err(e) => Some((Err(e), (data, 0, hold))),
             }
         });
     *response.body_mut() =
