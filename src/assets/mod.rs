@@ -91,10 +91,11 @@ impl Inner {
 /// Finds which fields hold files, before the relay starts following Directus: `asset_fields`
 /// where given, else Directus's schema, else what the last start found. A files list needs its
 /// junction's file field read: it is added to the collection's `fields`.
-pub async fn prepare(config: &mut Config) -> Option<AssetPaths> {
+pub async fn prepare(config: &mut Config) -> Option<Prepared> {
     if !config.assets.enabled {
         return None;
     }
+    let mut problem = None;
     let dir = config.assets.dir(&config.state_dir);
     let (mut paths, undecided) = schema::configured(config);
     if !undecided.is_empty() {
@@ -124,10 +125,16 @@ pub async fn prepare(config: &mut Config) -> Option<AssetPaths> {
             Err(e) => match saved {
                 Some(saved) => {
                     warn!(%e, "cannot read Directus's schema; using the file fields found at the last start");
+                    problem = Some(format!(
+                        "cannot read Directus's schema ({e}); using the file fields found at the last start"
+                    ));
                     saved
                 }
                 None => {
                     warn!(%e, "cannot read Directus's schema and none was kept: no files are cached for collections without asset_fields until the next start");
+                    problem = Some(format!(
+                        "cannot read Directus's schema ({e}): no files are cached for collections without asset_fields until the next start"
+                    ));
                     AssetPaths::default()
                 }
             },
@@ -147,19 +154,28 @@ pub async fn prepare(config: &mut Config) -> Option<AssetPaths> {
     for line in paths.describe() {
         info!("files: {line}");
     }
-    Some(paths)
+    Some(Prepared { paths, problem })
+}
+
+/// What [`prepare`] found: the file fields, and why they may be incomplete.
+#[derive(Debug)]
+pub struct Prepared {
+    pub paths: AssetPaths,
+    /// Directus's schema could not be read (shown on the status page as the last error).
+    pub problem: Option<String>,
 }
 
 impl Assets {
     /// Opens the cache and starts prefetching; `None` without `[assets]` enabled.
     pub fn start(
         config: &Config,
-        paths: Option<AssetPaths>,
+        prepared: Option<Prepared>,
         figures: Arc<AssetFigures>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Option<Assets>> {
-        let (Some(paths), Some(directus)) = (paths, &config.directus) else {
+        let (Some(Prepared { paths, problem }), Some(directus)) = (prepared, &config.directus)
+        else {
             return Ok(None);
         };
         let dir = config.assets.dir(&config.state_dir);
@@ -172,6 +188,9 @@ impl Assets {
         let upstream =
             fetch::Upstream::new(directus).map_err(|e| anyhow::anyhow!("directus: {e}"))?;
         figures.enable(config.assets.max_bytes, paths.describe());
+        if let Some(problem) = problem {
+            figures.error(problem);
+        }
         store.publish(&figures);
         let inner = Arc::new(Inner {
             config: config.assets.clone(),

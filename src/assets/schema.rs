@@ -167,7 +167,7 @@ pub async fn discover(
     client: &mut Directus,
     collections: &[String],
 ) -> Result<AssetPaths, DirectusError> {
-    let hint = " The relay's user reads the schema of the collections it relays (directus_fields and directus_relations; Directus grants this to every user with app access), or name the fields with asset_fields.";
+    let hint = " Give the relay's user read on directus_fields and directus_relations (all fields, no rule), or name the file fields of each collection with asset_fields.";
     let fields = client.get("/fields?limit=-1", hint).await?;
     let relations = client.get("/relations?limit=-1", hint).await?;
     Ok(from_schema(
