@@ -115,13 +115,6 @@ pub async fn run_with_reload(
     let tracker = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
 
-    let assets = assets::Assets::start(
-        &config,
-        asset_paths,
-        metrics.assets.clone(),
-        stop_tasks.clone(),
-        &tracker,
-    )?;
     let (hub, inbox) = hub::channel(&config);
     let (sink, webhooks, journal_inbox) = upstream::webhook_sink(&config, &hub);
     let shared = http::Shared {
@@ -136,6 +129,14 @@ pub async fn run_with_reload(
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
     let throttle = Arc::new(kiosk::throttle::Throttle::new(&config.clients));
+    let assets = assets::Assets::start(
+        &config,
+        asset_paths,
+        metrics.assets.clone(),
+        throttle.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    )?;
     let pending = kiosk::pending::PendingSessions::new(
         config.limits.max_pending_sessions(),
         config.limits.join_timeout,

@@ -274,6 +274,26 @@ async fn referenced_files_are_prefetched_and_served_offline_with_http_semantics(
 }
 
 #[tokio::test]
+async fn wrong_tokens_in_file_urls_count_towards_the_address_limit() {
+    let setup = setup("", "", |fake| {
+        fake.add_file(A, bytes(1, 1000), "image/png");
+        fake.create("articles", json!({"id": 1, "image": A}));
+    })
+    .await;
+    let relay = &setup.relay;
+    until(relay, "cached", |s| s["referenced_cached"] == 1).await;
+    // The default limit is 10 wrong tokens per address and window; the 11th request is refused
+    // whatever its token.
+    for n in 0..10 {
+        let got = get(relay, &format!("/assets/{A}?token=guess-{n:016}")).await;
+        assert_eq!(got.status, 404, "guess {n}");
+    }
+    let got = get(relay, &format!("/assets/{A}?token={LOBBY}")).await;
+    assert_eq!(got.status, 429);
+    assert!(!got.header("retry-after").is_empty());
+}
+
+#[tokio::test]
 async fn variants_are_streamed_through_cached_and_then_served_from_disk() {
     let setup = setup("", "", |fake| {
         fake.add_file(A, bytes(1, 50_000), "image/png");

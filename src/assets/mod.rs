@@ -41,6 +41,7 @@ use tracing::{info, warn};
 
 use crate::config::{AssetsConfig, Config};
 use crate::kiosk::access::Gate;
+use crate::kiosk::throttle::Throttle;
 use crate::upstream::directus::Directus;
 pub use figures::AssetFigures;
 pub use schema::AssetPaths;
@@ -77,6 +78,8 @@ pub(crate) struct Inner {
     /// Counts files cached; the hub watches it to release held items.
     cached: watch::Sender<u64>,
     gate: Gate,
+    /// Wrong kiosk tokens per client address, shared with the Socket.IO admission.
+    throttle: Arc<Throttle>,
     streams: Arc<Semaphore>,
     from_disk: Arc<Semaphore>,
 }
@@ -171,6 +174,7 @@ impl Assets {
         config: &Config,
         prepared: Option<Prepared>,
         figures: Arc<AssetFigures>,
+        throttle: Arc<Throttle>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Option<Assets>> {
@@ -201,6 +205,7 @@ impl Assets {
             wake: Notify::new(),
             cached: watch::channel(0).0,
             gate: Gate::new(&config.clients),
+            throttle,
             streams: Arc::new(Semaphore::new(STREAMS_THROUGH)),
             from_disk: Arc::new(Semaphore::new(STREAMS_FROM_DISK)),
         });

@@ -67,9 +67,33 @@ pub async fn serve(assets: Option<&Assets>, req: &Parts) -> Response<Body> {
     };
     let (query_token, params) = parse_query(req.uri.query().unwrap_or(""));
     let token = access::token(&req.headers, query_token.as_deref());
+    let peer = req
+        .extensions
+        .get::<crate::connection::ConnectionHandle>()
+        .and_then(|c| c.peer())
+        .map(|a| a.ip());
+    if let Some(left) = peer.and_then(|p| inner.throttle.refused(p, std::time::Instant::now())) {
+        let mut refused = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong kiosk tokens from this address; try again later (clients.wrong_token_limit)\n",
+        );
+        set(
+            &mut refused,
+            header::RETRY_AFTER,
+            &(left.as_secs() + 1).to_string(),
+        );
+        return refused;
+    }
     let referenced_by = inner.store().referenced_by(file);
-    if !access::allowed(&inner.gate, token, &referenced_by) {
-        return not_found();
+    match access::allowed(&inner.gate, token, &referenced_by) {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(()) => {
+            if let Some(peer) = peer {
+                inner.throttle.note_wrong_token(peer, "assets");
+            }
+            return not_found();
+        }
     }
     let head = req.method == Method::HEAD;
     let busy = req
