@@ -229,7 +229,7 @@ impl Board {
             "saving": inner.saving,
             "memory": {
                 "rss_bytes": rss_bytes(),
-                "budget_bytes": config.limits.memory_budget_bytes(),
+                "budget_bytes": config.memory_budget_bytes(),
             },
             "uptime_secs": now,
             "version": env!("CARGO_PKG_VERSION"),

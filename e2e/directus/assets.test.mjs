@@ -10,14 +10,15 @@
 //   1. the relay finds both fields from /fields and /relations, caches the three files, and
 //      serves the same bytes as Directus's /assets, a transformation (?width=32) the same as
 //      Directus's, a Range of the video; a token for another collection gets 404;
-//   2. Directus stopped: everything cached is still served (also after a relay restart); a
-//      variant never fetched is a 504;
+//   2. Directus stopped: everything cached is still served (also after a relay restart, and
+//      after a kill -9); a variant never fetched is a 504;
 //   3. Directus back: a changed image is fetched and served; a stream of new images keeps the
-//      cache under max_bytes (evicting the unreferenced ones), and the referenced ones stay.
+//      cache under max_bytes (evicting the unreferenced ones), and the referenced ones stay;
+//      a kill -9 during a video's download leaves no partial file, and the video is served whole.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { appendFileSync, closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -160,6 +161,7 @@ class Relay {
     return `listen = "127.0.0.1:${this.port}"
 state_dir = "${join(WORK, "state-assets")}"
 shutdown_grace = "2s"
+persist_interval = "500ms"
 
 [webhook]
 secret = "e2e-assets-secret-0123456789"
@@ -214,9 +216,9 @@ collections = ["screens"]
     }
   }
 
-  async stop() {
+  async stop(signal = "SIGTERM") {
     if (!this.proc) return;
-    this.proc.kill("SIGTERM");
+    this.proc.kill(signal);
     await this.exited;
     this.proc = null;
   }
@@ -236,7 +238,7 @@ collections = ["screens"]
       const a = await this.assets();
       if (done(a)) return a;
       if (Date.now() > deadline) throw new Error(`waited in vain for ${what}: ${JSON.stringify(a)}\n${this.tail()}`);
-      await sleep(100);
+      await sleep(20);
     }
   }
 
@@ -334,12 +336,12 @@ describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
     assert.equal((await relay.get(files.cover)).status, 404);
   });
 
-  it("serves the cached files while Directus is down, also after a relay restart", async () => {
+  it("serves the cached files while Directus is down, also after a restart and a kill -9", async () => {
     await run("bash", [join(SCRIPTS, "stop.sh"), DIRECTUS_DIR]);
     await relay.until("the variant cached", (a) => a.variants >= 4);
-    for (const restarted of [false, true]) {
+    for (const restarted of [false, "SIGTERM", "SIGKILL"]) {
       if (restarted) {
-        await relay.stop();
+        await relay.stop(restarted);
         await relay.start();
       }
       assert.ok((await relay.get(files.video, `token=${LOBBY}`)).body.equals(files.videoBytes), `video (restarted: ${restarted})`);
@@ -374,6 +376,20 @@ describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
       }
       assert.ok(maxSeen <= MAX_BYTES, `cache ${maxSeen} bytes over its budget ${MAX_BYTES}`);
     }
+    // kill -9 while a new 24 MB video is being downloaded (or just after): after the restart
+    // no partial file is left, and the video is served whole.
+    const clip = Buffer.alloc(24 << 20, 7);
+    for (let i = 0; i < clip.length; i += 4096) clip.writeUInt32LE(i, i);
+    const clipId = await upload("clip2.mp4", "video/mp4", clip);
+    await api("PATCH", `/items/posters/${files.poster}`, { image: clipId });
+    // The relay has seen the change and the video is not cached yet: it is being downloaded.
+    const caught = await relay.until("the download under way", (a) => a.referenced_cached < a.referenced, 10_000).then(() => true, () => false);
+    report(`assets: kill -9 ${caught ? "while the new video was being downloaded" : "after the new video was cached (the download was too quick to catch)"}`);
+    await relay.stop("SIGKILL");
+    await relay.start();
+    assert.deepEqual(readdirSync(join(WORK, "state-assets", "assets", "tmp")), [], "no partial download after the restart");
+    await relay.until("the new video cached", (a) => a.referenced_cached === a.referenced && a.referenced >= 3);
+    assert.ok((await relay.get(clipId, `token=${LOBBY}`)).body.equals(clip), "the video whole after kill -9");
     report(`assets: 8 new 3 MB images: cache at most ${(maxSeen / 2 ** 20).toFixed(1)} of ${MAX_BYTES / 2 ** 20} MiB, ${evictions} evictions`);
     assert.ok(evictions >= 1, "unreferenced images were evicted");
     assert.ok((await relay.get(files.video, `token=${LOBBY}`)).body.equals(files.videoBytes), "the referenced video stays");

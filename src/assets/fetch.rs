@@ -381,3 +381,16 @@ async fn download_claimed(
 
 /// A download that sends nothing for this long is given up (and retried).
 pub const STALL: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_write_errors() {
+        let full = FetchError::disk(std::io::Error::from_raw_os_error(28));
+        assert!(matches!(full, FetchError::DiskFull(_)), "{full:?}");
+        let denied = FetchError::disk(std::io::Error::from(ErrorKind::PermissionDenied));
+        assert!(matches!(denied, FetchError::Disk(_)), "{denied:?}");
+    }
+}

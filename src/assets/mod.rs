@@ -39,22 +39,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{AssetsConfig, Config};
+use crate::config::{AssetsConfig, Config, STREAMS_FROM_DISK, STREAMS_THROUGH};
 use crate::kiosk::access::Gate;
 use crate::kiosk::throttle::Throttle;
 use crate::upstream::directus::Directus;
 pub use figures::AssetFigures;
 pub use schema::AssetPaths;
 pub use serve::{Route, serve};
-
-/// Misses streamed through from Directus at the same time; one more is answered 503 with
-/// `Retry-After`, so that a crowd of screens asking for files that are not cached cannot open
-/// unbounded connections to Directus.
-pub const STREAMS_THROUGH: usize = 16;
-
-/// Files sent from disk at the same time (each holds a 64 KiB chunk and up to 64 KiB in
-/// hyper's write buffer); one more is answered 503 with `Retry-After`.
-pub const STREAMS_FROM_DISK: usize = 256;
 
 /// How long discovery may take at start when a previous start's schema is on disk.
 pub const DISCOVERY_TIMEOUT_WITH_SAVED: std::time::Duration = std::time::Duration::from_secs(3);
@@ -225,7 +216,13 @@ impl Assets {
         if self.inner.paths.of(collection).is_empty() && ids.is_empty() {
             return;
         }
-        let new = self.inner.store().reference(collection, key, ids);
+        let mut store = self.inner.store();
+        let new = store.reference(collection, key, ids);
+        if new {
+            // Soon, not at the next second: the status page shows the file as wanted.
+            store.publish_soon(&self.inner.figures, tokio::time::Instant::now());
+        }
+        drop(store);
         if new {
             self.inner.wake.notify_waiters();
             self.inner.wake.notify_one();

@@ -172,7 +172,13 @@ pub struct Store {
     pub disk_full_until: Option<Instant>,
     /// The referenced files did not fit the budget: the bytes they asked for.
     over_budget: bool,
+    /// When the figures were last published by [`Store::publish_soon`].
+    published: Option<Instant>,
 }
+
+/// How often [`Store::publish_soon`] publishes at most (each time counts every variant and
+/// reference, so not once per item of a large load).
+pub const PUBLISH_SOON: Duration = Duration::from_millis(100);
 
 impl Store {
     /// Opens the cache in `dir`, taking back every complete variant and removing the rest.
@@ -196,6 +202,7 @@ impl Store {
             retry: HashMap::new(),
             disk_full_until: None,
             over_budget: false,
+            published: None,
         };
         let mut found: Vec<(std::time::SystemTime, String, Meta)> = Vec::new();
         let mut dropped = 0usize;
@@ -474,6 +481,17 @@ impl Store {
         figures
             .referenced_bytes
             .set(cached.iter().map(|e| e.meta.size).sum::<u64>() as i64);
+    }
+
+    /// Publishes the figures unless that was done within [`PUBLISH_SOON`].
+    pub fn publish_soon(&mut self, figures: &AssetFigures, now: Instant) {
+        if self
+            .published
+            .is_none_or(|at| now.duration_since(at) >= PUBLISH_SOON)
+        {
+            self.published = Some(now);
+            self.publish(figures);
+        }
     }
 
     /// Bytes on disk and taken by downloads.

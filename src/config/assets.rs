@@ -56,3 +56,29 @@ pub const MAX_ASSET_CONCURRENCY: usize = 16;
 
 /// The smallest disk budget accepted (`assets.max_bytes`).
 pub const MIN_ASSET_BYTES: usize = 1 << 20;
+
+/// Misses streamed through from Directus at the same time; one more is answered 503 with
+/// `Retry-After`, so that a crowd of screens asking for files that are not cached cannot open
+/// unbounded connections to Directus.
+pub const STREAMS_THROUGH: usize = 16;
+
+/// Files sent from disk at the same time; one more is answered 503 with `Retry-After`.
+pub const STREAMS_FROM_DISK: usize = 256;
+
+/// Memory of one file sent from disk: a 64 KiB chunk and hyper's 64 KiB write buffer, with
+/// the allocator's slack (measured: 100 at once, +18.7 MiB; BENCHMARKS.md, "Files").
+pub const FROM_DISK_BYTES: u64 = 190 << 10;
+
+/// Memory of one file streamed through from Directus: the HTTP client's read buffer, the chunk
+/// on its way, hyper's write buffer (measured: 16 at once, +28.8 MiB).
+pub const THROUGH_BYTES: u64 = 1843 << 10;
+
+impl AssetsConfig {
+    /// What files in flight may hold in memory at most (0 without `[assets]`).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        if !self.enabled {
+            return 0;
+        }
+        STREAMS_FROM_DISK as u64 * FROM_DISK_BYTES + STREAMS_THROUGH as u64 * THROUGH_BYTES
+    }
+}

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use assets::{AssetsConfig, MAX_ASSET_CONCURRENCY, MIN_ASSET_BYTES};
+pub use assets::{
+    AssetsConfig, MAX_ASSET_CONCURRENCY, MIN_ASSET_BYTES, STREAMS_FROM_DISK, STREAMS_THROUGH,
+};
 pub use collection::{
     CollectionConfig, EVENT_ACTIONS, EventNames, MAX_EVENT_NAME_LEN, RESERVED_EVENT_NAMES,
     expand_event_name,
@@ -96,6 +98,11 @@ impl Config {
             return Some(CollectionConfig::new(name));
         }
         self.collections.iter().find(|c| c.name == name).cloned()
+    }
+
+    /// The memory budget of the README's formula for these limits, files in flight included.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.limits.memory_budget_bytes() + self.assets.memory_budget_bytes()
     }
 
     /// The effective configuration as TOML, secrets masked.
