@@ -331,6 +331,41 @@ async fn variants_are_streamed_through_cached_and_then_served_from_disk() {
     assert!(!got.header("etag").is_empty());
 }
 
+/// A screen that stops reading a file streamed through (a video element with enough buffered)
+/// is let go after half of `directus.request_timeout`; the download goes on into the cache.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stop_the_download_into_the_cache() {
+    let setup = setup("max_bytes = \"256MiB\"", "", |fake| {
+        fake.add_file(A, bytes(1, 1000), "image/png");
+        fake.add_file(B, bytes(2, 48 << 20), "video/mp4");
+        fake.create("articles", json!({"id": 1, "image": A}));
+    })
+    .await;
+    let relay = &setup.relay;
+    until(relay, "cached", |s| s["referenced_cached"] == 1).await;
+    // Referenced, with prefetching kept busy on nothing else: a variant not cached yet.
+    setup.fake.update(
+        "articles",
+        "1",
+        json!({"gallery": [{"directus_files_id": B}]}),
+    );
+    until(relay, "the video cached", |s| s["referenced_cached"] == 2).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(relay.url(&format!("/assets/{B}?quality=50&token={LOBBY}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    // Nothing read from `response`: the variant is cached all the same.
+    until(relay, "the variant cached", |s| s["variants"] == 3).await;
+    drop(response);
+    setup.fake.down();
+    let got = get(relay, &format!("/assets/{B}?quality=50&token={LOBBY}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), (48 << 20) + "quality=50:".len());
+}
+
 #[tokio::test]
 async fn eviction_keeps_the_cache_under_its_budget_and_says_when_referenced_files_do_not_fit() {
     let size = 400 << 10;

@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     /// Wrong kiosk tokens per client address, shared with the Socket.IO admission.
     throttle: Arc<Throttle>,
     streams: Arc<Semaphore>,
+    /// How long a client streamed through may take nothing: half of `directus.request_timeout`,
+    /// the read timeout towards Directus.
+    slow_client: std::time::Duration,
     from_disk: Arc<Semaphore>,
 }
 
@@ -198,6 +201,7 @@ impl Assets {
             gate: Gate::new(&config.clients),
             throttle,
             streams: Arc::new(Semaphore::new(STREAMS_THROUGH)),
+            slow_client: directus.request_timeout / 2,
             from_disk: Arc::new(Semaphore::new(STREAMS_FROM_DISK)),
         });
         prefetch::spawn(inner.clone(), shutdown, tracker);

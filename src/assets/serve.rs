@@ -359,6 +359,7 @@ async fn through(
     };
     let (tx, rx) = mpsc::channel(THROUGH_CHUNKS);
     let figures = inner.figures.clone();
+    let slow_client = inner.slow_client;
     let file = file.to_owned();
     tokio::spawn(async move {
         let _permit = permit;
@@ -393,11 +394,23 @@ async fn through(
                 figures.error(format!("{file}: {e}"));
                 writer = None;
             }
-            if let Some(tx) = &client
-                && tx.send(Ok(chunk)).await.is_err()
-            {
-                // The client left: finish the download only if it is being cached.
-                client = None;
+            if let Some(tx) = &client {
+                match tokio::time::timeout(slow_client, tx.send(Ok(chunk))).await {
+                    Ok(Ok(())) => {}
+                    // The client left: finish the download only if it is being cached.
+                    Ok(Err(_)) => client = None,
+                    // A client that takes nothing for this long (a video element that has
+                    // buffered enough) would make Directus's side time out: it is let go (its
+                    // response ends short, and a browser asks again with a Range) while the
+                    // download goes on into the cache at full speed.
+                    Err(_) => {
+                        debug!(
+                            file,
+                            "a slow client is let go; the download goes on into the cache"
+                        );
+                        client = None;
+                    }
+                }
             }
             if client.is_none() && writer.is_none() {
                 return;
