@@ -361,6 +361,15 @@ impl FakeDirectus {
             .insert(id.into(), (bytes.into(), content_type.into()));
     }
 
+    /// Replaces a file's bytes under the same id ("Replace file"), logged as an update of
+    /// `directus_files`.
+    pub fn replace_file(&self, id: &str, bytes: impl Into<Bytes>) {
+        let mut state = self.state();
+        let content_type = state.files.get(id).map(|f| f.1.clone()).expect("file");
+        state.files.insert(id.into(), (bytes.into(), content_type));
+        self.log(&mut state, "update", "directus_files", id, true);
+    }
+
     /// What `/fields` and `/relations` answer.
     pub fn set_schema(&self, fields: Vec<Value>, relations: Vec<Value>) {
         let mut state = self.state();

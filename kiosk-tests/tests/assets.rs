@@ -460,6 +460,25 @@ async fn an_interrupted_download_is_never_served_and_is_retried() {
 }
 
 #[tokio::test]
+async fn a_file_replaced_in_directus_is_fetched_again() {
+    let setup = setup("", "", |fake| {
+        fake.add_file(A, bytes(1, 10_000), "image/png");
+        fake.create("articles", json!({"id": 1, "image": A}));
+    })
+    .await;
+    let relay = &setup.relay;
+    until(relay, "cached", |s| s["downloads"] == 1).await;
+    setup.fake.replace_file(A, bytes(2, 12_000));
+    until(relay, "fetched again", |s| {
+        s["downloads"] == 2 && s["referenced_cached"] == 1
+    })
+    .await;
+    setup.fake.down();
+    let got = get(relay, &format!("/assets/{A}?token={LOBBY}")).await;
+    assert!(got.status == 200 && got.body == bytes(2, 12_000));
+}
+
+#[tokio::test]
 async fn the_cache_and_the_file_fields_survive_a_restart_without_directus() {
     let a = bytes(1, 10_000);
     let setup = setup("", "", |fake| {

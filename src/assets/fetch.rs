@@ -54,7 +54,7 @@ impl FetchError {
 pub struct Upstream {
     http: reqwest::Client,
     base: Url,
-    directus: tokio::sync::Mutex<Directus>,
+    pub(super) directus: tokio::sync::Mutex<Directus>,
 }
 
 impl std::fmt::Debug for Upstream {

@@ -11,6 +11,7 @@
 //! * `fetch`: one download from Directus into the cache (temporary file, size check, fsync,
 //!   rename).
 //! * `prefetch`: the background workers (`assets.concurrency`) with retry and backoff.
+//! * `refresh`: files replaced in Directus under the same id, fetched again.
 //! * `serve`: `GET`/`HEAD /assets/<id>` — variants, `ETag`/304, `Range`/206, streaming from
 //!   disk or through from Directus, 504 when neither can.
 //! * `access`: which kiosk token may fetch which file.
@@ -27,6 +28,7 @@ mod body;
 mod fetch;
 pub mod figures;
 mod prefetch;
+mod refresh;
 pub mod schema;
 mod serve;
 pub mod store;
@@ -204,7 +206,14 @@ impl Assets {
             slow_client: directus.request_timeout / 2,
             from_disk: Arc::new(Semaphore::new(STREAMS_FROM_DISK)),
         });
-        prefetch::spawn(inner.clone(), shutdown, tracker);
+        prefetch::spawn(inner.clone(), shutdown.clone(), tracker);
+        refresh::spawn(
+            inner.clone(),
+            dir,
+            directus.poll_interval,
+            shutdown,
+            tracker,
+        );
         Ok(Some(Assets { inner }))
     }
 

@@ -442,6 +442,21 @@ impl Store {
         );
     }
 
+    /// Forgets every cached variant of `file` (it changed in Directus); whether there was one.
+    pub fn forget(&mut self, file: &str) -> bool {
+        let names: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.meta.file == file)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            self.remove(name);
+        }
+        self.retry.remove(file);
+        !names.is_empty()
+    }
+
     /// Removes a variant from the index and the disk.
     fn remove(&mut self, name: &str) {
         if let Some(entry) = self.entries.remove(name) {
