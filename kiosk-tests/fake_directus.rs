@@ -1,6 +1,7 @@
 //! An in-process stand-in for Directus 12.4 over TLS, for hermetic tests of the relay's
 //! upstream. It serves what the relay reads — `/server/info`, `/activity`, `/items/<c>`,
-//! `/collections/<c>`, `/auth/login` — and `/websocket` subscriptions, with the payload shapes
+//! `/collections/<c>`, `/auth/login`, the schema (`/fields`, `/relations`) and files (`/files/<id>`,
+//! `/assets/<id>` with transformation parameters and `Range`) — and `/websocket` subscriptions, with the payload shapes
 //! captured from a real Directus (`shared/directus/PROTOCOL.md`), and lets a test break it:
 //! take it down, drop sockets, expire tokens, or make an activity id visible late.
 
@@ -103,6 +104,15 @@ struct State {
     operations: Vec<Value>,
     /// Collections made through `POST /collections` (the heartbeat's), with their rows.
     made: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Files by id: bytes and content type.
+    files: HashMap<String, (Bytes, String)>,
+    /// What `/fields` and `/relations` answer.
+    fields: Vec<Value>,
+    relations: Vec<Value>,
+    /// `/assets` answers send half the body, then close (a cut download).
+    cut_assets: bool,
+    /// `/assets` requests answered so far.
+    asset_gets: usize,
 }
 
 /// The fake server. Cheap to clone; every clone drives the same server.
@@ -113,6 +123,8 @@ pub struct FakeDirectus {
     events: broadcast::Sender<Value>,
     kill_sockets: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
+    /// `/assets` answers wait while this is false.
+    assets_open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FakeDirectus {
@@ -146,6 +158,7 @@ impl FakeDirectus {
             events,
             kill_sockets: Arc::new(Mutex::new(CancellationToken::new())),
             stop: CancellationToken::new(),
+            assets_open: Arc::new(tokio::sync::watch::channel(true).0),
         };
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -343,6 +356,123 @@ impl FakeDirectus {
         id
     }
 
+    /// Uploads a file (as `/files` would): its bytes are served at `/assets/<id>`.
+    pub fn add_file(&self, id: &str, bytes: impl Into<Bytes>, content_type: &str) {
+        self.state()
+            .files
+            .insert(id.into(), (bytes.into(), content_type.into()));
+    }
+
+    /// Replaces a file's bytes under the same id ("Replace file"), logged as an update of
+    /// `directus_files`.
+    pub fn replace_file(&self, id: &str, bytes: impl Into<Bytes>) {
+        let mut state = self.state();
+        let content_type = state.files.get(id).map(|f| f.1.clone()).expect("file");
+        state.files.insert(id.into(), (bytes.into(), content_type));
+        self.log(&mut state, "update", "directus_files", id, true);
+    }
+
+    /// What `/fields` and `/relations` answer.
+    pub fn set_schema(&self, fields: Vec<Value>, relations: Vec<Value>) {
+        let mut state = self.state();
+        state.fields = fields;
+        state.relations = relations;
+    }
+
+    /// From now on `/assets` answers are cut half-way (or whole again).
+    pub fn cut_assets(&self, cut: bool) {
+        self.state().cut_assets = cut;
+    }
+
+    /// `/assets` answers wait until [`FakeDirectus::release_assets`].
+    pub fn hold_assets(&self) {
+        self.assets_open.send_replace(false);
+    }
+
+    pub fn release_assets(&self) {
+        self.assets_open.send_replace(true);
+    }
+
+    /// `/assets` requests answered so far.
+    pub fn asset_gets(&self) -> usize {
+        self.state().asset_gets
+    }
+
+    /// The bytes `/assets/<id>?<query>` gives: the file itself, or for a transformation the
+    /// file prefixed with the canonical parameters (so that each variant differs).
+    pub fn variant(&self, id: &str, query: &str) -> Option<Vec<u8>> {
+        let bytes = self.state().files.get(id)?.0.clone();
+        let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .filter(|(k, _)| k != "access_token")
+            .collect();
+        params.sort();
+        if params.is_empty() {
+            return Some(bytes.to_vec());
+        }
+        let prefix = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let mut out = format!("{prefix}:").into_bytes();
+        out.extend_from_slice(&bytes);
+        Some(out)
+    }
+
+    async fn asset(&self, id: &str, query: &str, range: Option<String>) -> Response<Full<Bytes>> {
+        let mut open = self.assets_open.subscribe();
+        open.wait_for(|open| *open).await.ok();
+        let (variant, content_type, cut) = {
+            let mut state = self.state();
+            state.asset_gets += 1;
+            let Some((_, content_type)) = state.files.get(id) else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"errors":[{"message":"Route doesn't exist."}]}),
+                );
+            };
+            let content_type = content_type.clone();
+            let cut = state.cut_assets;
+            drop(state);
+            let variant = self.variant(id, query).expect("file");
+            (variant, content_type, cut)
+        };
+        let total = variant.len();
+        let builder = Response::builder()
+            .header("content-type", content_type)
+            .header("last-modified", "Sat, 05 Dec 2026 10:00:00 GMT")
+            .header("accept-ranges", "bytes");
+        let range = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| {
+                let a: usize = a.parse().ok()?;
+                let b: usize = if b.is_empty() {
+                    total - 1
+                } else {
+                    b.parse().ok()?
+                };
+                Some((a, b.min(total - 1)))
+            });
+        if let Some((a, b)) = range {
+            return builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {a}-{b}/{total}"))
+                .header("content-length", b - a + 1)
+                .body(Full::new(Bytes::from(variant[a..=b].to_vec())))
+                .expect("response");
+        }
+        let body = if cut {
+            variant[..total / 2].to_vec()
+        } else {
+            variant
+        };
+        builder
+            .header("content-length", total)
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    }
+
     /// The current items of a collection.
     pub fn items(&self, collection: &str) -> BTreeMap<String, Value> {
         self.state().items[collection].clone()
@@ -398,6 +528,36 @@ impl FakeDirectus {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
+        if path == "/fields" {
+            let fields = self.state().fields.clone();
+            return json_response(StatusCode::OK, json!({ "data": fields }));
+        }
+        if path == "/relations" {
+            let relations = self.state().relations.clone();
+            return json_response(StatusCode::OK, json!({ "data": relations }));
+        }
+        if let Some(id) = path.strip_prefix("/files/") {
+            let size = self.state().files.get(id).map(|(b, _)| b.len());
+            return match size {
+                // Directus gives filesize as a string with some databases (bigInteger).
+                Some(size) => json_response(
+                    StatusCode::OK,
+                    json!({"data": {"filesize": size.to_string()}}),
+                ),
+                None => json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({"errors":[{"message":"You don't have permission to access this."}]}),
+                ),
+            };
+        }
+        if let Some(id) = path.strip_prefix("/assets/") {
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return self.asset(id, &query, range).await;
+        }
         if path == "/server/info" {
             return json_response(
                 StatusCode::OK,

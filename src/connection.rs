@@ -318,7 +318,7 @@ pub struct Busy {
 
 /// A request being answered: the connection is not idle until it is dropped.
 #[derive(Debug)]
-struct InFlight {
+pub struct InFlight {
     connection: ConnectionHandle,
     websocket: bool,
 }

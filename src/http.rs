@@ -48,6 +48,12 @@ use prometheus_client::metrics::family::Family;
 /// Pause after a failed `accept` (for example when out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What hyper buffers per HTTP/1 connection, each way (its default is about 400 KiB): a
+/// request head must fit, and a streamed response (a file from `/assets`) is read ahead at
+/// most this far, so that many screens fetching a large video at once cost 64 KiB each instead
+/// of 400 (BENCHMARKS.md, "Files").
+const HTTP1_BUFFER: usize = 64 << 10;
+
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,6 +103,7 @@ fn status_json(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
         .board
         .render(&shared.config, &shared.hub.report());
     status["fleet"] = shared.fleet.view();
+    status["assets"] = shared.metrics.assets.status();
     with_header(
         json_response(StatusCode::OK, &status),
         header::CACHE_CONTROL,
@@ -359,7 +366,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(HTTP1_BUFFER);
+    let builder = Arc::new(builder);
     let upgrades = Arc::new(connection::Upgrades::default());
     loop {
         let accepted = tokio::select! {

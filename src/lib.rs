@@ -37,6 +37,8 @@
 //! * [`tls`]: HTTPS/WSS for kiosks, the certificate ([`certificate`]) re-read on SIGHUP.
 //! * [`report`]: what the hub tells the rest of the relay about itself; [`status_page`]
 //!   gathers what the status page shows; [`metrics`]: Prometheus figures.
+//! * [`assets`]: the Directus files items reference, prefetched into a bounded disk cache and
+//!   served at `/assets/<id>` (`[assets]`), so pictures stay on screen while the uplink is down.
 //! * [`systemd`]: readiness, status, watchdog and stopping notifications.
 //! * [`clock`]: timestamps, in one place.
 //! * [`nesting`]: how deeply JSON taken into the mirror may nest ([`nesting::MAX_NESTING`]),
@@ -45,6 +47,7 @@
 //! [`run`] wires them together; `main.rs` only parses the command line, loads the config,
 //! binds the listener and turns signals into a shutdown token and [`Reload`]s.
 
+pub mod assets;
 pub mod atomic_file;
 pub mod boot_import;
 pub mod certificate;
@@ -111,6 +114,8 @@ pub async fn run_with_reload(
     shutdown: CancellationToken,
     reload: Reload,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    let asset_paths = assets::prepare(&mut config).await;
     let config = Arc::new(config);
     let tls = config.tls.as_ref().map(tls::KioskTls::new).transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
@@ -141,6 +146,14 @@ pub async fn run_with_reload(
     let (svc, io) =
         kiosk::server::builder(&config.limits).build_with_inner_svc(http::service(shared.clone()));
     let throttle = Arc::new(kiosk::throttle::Throttle::new(&config.clients));
+    let assets = assets::Assets::start(
+        &config,
+        asset_paths,
+        metrics.assets.clone(),
+        throttle.clone(),
+        stop_tasks.clone(),
+        &tracker,
+    )?;
     let pending = kiosk::pending::PendingSessions::new(
         config.limits.max_pending_sessions(),
         config.limits.join_timeout,
@@ -199,6 +212,7 @@ pub async fn run_with_reload(
         io.clone(),
         metrics.clone(),
         persistence,
+        assets.clone(),
         stop_tasks.clone(),
         &tracker,
     );
@@ -244,7 +258,10 @@ pub async fn run_with_reload(
     let server = http::Server::start(
         listener,
         tls,
-        http::LocalFiles::new(http::Cors::new(svc, config.clients.clone()), site),
+        assets::Route::new(
+            http::LocalFiles::new(http::Cors::new(svc, config.clients.clone()), site),
+            assets,
+        ),
         &config.limits,
         &metrics,
     );

@@ -32,6 +32,8 @@ pub struct Metrics {
     registry: Registry,
     /// What the status page shows: recent events and refusals, the mirror, the rooms.
     pub board: crate::status_page::Board,
+    /// The files cache's figures (`[assets]`), under `relay_assets_*`.
+    pub assets: std::sync::Arc<crate::assets::AssetFigures>,
     /// Kiosks connected right now.
     pub kiosks_connected: Gauge,
     /// Kiosks refused, by reason (`full`, `no-token`, `bad-token`).
@@ -175,7 +177,9 @@ impl Metrics {
             journal_bytes: Gauge::default(),
             registry: Registry::default(),
             board: crate::status_page::Board::default(),
+            assets: Default::default(),
         };
+        m.assets.register(&mut registry);
         registry.register(
             "kiosks_connected",
             "Kiosks connected now",

@@ -8,6 +8,8 @@
 #   RELAY_BIN=path   test this binary instead of building with `cargo build --release`
 #   KEEP=1           keep the work directory (Directus data and logs, relay logs)
 #   E2E_MODES="websocket poll"   run only these modes (default: all three, in order)
+#   E2E_ASSETS_TEST=             skip assets.test.mjs (the files cache: image field, files list,
+#                                real uploads, Directus stopped, eviction)
 #
 # Installs what it needs (install.sh: Node 22 + Directus, cached; npm ci in e2e/ when
 # socket.io-client is missing; the relay via cargo), starts one Directus on a free port in a
@@ -184,7 +186,7 @@ tests_rc=0
 (cd "$E2E_DIR" && exec timeout 900 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$WORK/results.tap" \
-  directus/relay.test.mjs directus/heartbeat.test.mjs) &
+  directus/relay.test.mjs ${E2E_ASSETS_TEST-directus/assets.test.mjs} directus/heartbeat.test.mjs) &
 TEST_PID=$!
 wait "$TEST_PID" || tests_rc=$?
 TEST_PID=""

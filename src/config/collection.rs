@@ -43,6 +43,15 @@ pub struct CollectionConfig {
     /// fetch the items themselves.
     #[serde(default)]
     pub compact: bool,
+    /// With `[assets]`: the paths in a record that hold Directus file ids (`"image"`,
+    /// `"gallery.directus_files_id"`, `"hero.file"`). Absent: found from Directus's schema
+    /// (`/fields`, `/relations`) at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_fields: Option<Vec<String>>,
+    /// With `[assets]`: an item's create or update reaches kiosks only once its files are
+    /// cached (at most `assets.hold_timeout` later).
+    #[serde(default)]
+    pub hold_for_assets: bool,
 }
 
 impl CollectionConfig {
@@ -60,6 +69,8 @@ impl CollectionConfig {
             emit_fields: Vec::new(),
             emit_payload: true,
             compact: false,
+            asset_fields: None,
+            hold_for_assets: false,
         }
     }
 

@@ -134,3 +134,13 @@ pub fn wrong_token_window() -> Duration {
 pub fn wrong_token_backoff() -> Duration {
     Duration::from_secs(10)
 }
+/// Sized for an SD card shared with the system.
+pub fn assets_max_bytes() -> usize {
+    1 << 30
+}
+pub fn assets_concurrency() -> usize {
+    2
+}
+pub fn assets_hold_timeout() -> Duration {
+    Duration::from_secs(10)
+}

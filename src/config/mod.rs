@@ -4,6 +4,7 @@
 //!
 //! Every key is documented in the README. Errors name the key and say what was expected.
 
+mod assets;
 mod collection;
 mod defaults;
 mod error;
@@ -20,6 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use assets::{
+    AssetsConfig, MAX_ASSET_CONCURRENCY, MIN_ASSET_BYTES, STREAMS_FROM_DISK, STREAMS_THROUGH,
+};
 pub use collection::{
     CollectionConfig, EVENT_ACTIONS, EventNames, MAX_EVENT_NAME_LEN, RESERVED_EVENT_NAMES,
     expand_event_name,
@@ -81,6 +85,9 @@ pub struct Config {
     /// The kiosk app served under `site.path`.
     #[serde(default)]
     pub site: SiteConfig,
+    /// The Directus files items reference, cached and served at `/assets/<id>`.
+    #[serde(default)]
+    pub assets: AssetsConfig,
 }
 
 /// What one known screen may hold: its identity, address, user agent, subscriptions, the
@@ -106,10 +113,12 @@ impl Config {
         self.collections.iter().find(|c| c.name == name).cloned()
     }
 
-    /// The worst-case memory of a relay with this config: [`Limits::memory_budget_bytes`] and
-    /// the known screens (`clients.max_screens`, [`SCREEN_BYTES`] each).
+    /// The worst-case memory of a relay with this config: [`Limits::memory_budget_bytes`], the
+    /// known screens (`clients.max_screens`, [`SCREEN_BYTES`] each) and the files in flight.
     pub fn memory_budget_bytes(&self) -> u64 {
-        self.limits.memory_budget_bytes() + SCREEN_BYTES * self.clients.max_screens as u64
+        self.limits.memory_budget_bytes()
+            + SCREEN_BYTES * self.clients.max_screens as u64
+            + self.assets.memory_budget_bytes()
     }
 
     /// The folder of the kiosk app: `site.dir`, or `site` in `state_dir`.
@@ -144,6 +153,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             demo: DemoConfig::default(),
             site: SiteConfig::default(),
+            assets: AssetsConfig::default(),
         }
     }
 }

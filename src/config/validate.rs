@@ -11,14 +11,14 @@ use super::secret::{
     MIN_SECRET_LEN,
 };
 use super::{
-    CollectionConfig, Config, DirectusConfig, MAX_WRONG_TOKEN_BACKOFF, Secret, TlsConfig,
-    expand_event_name,
+    CollectionConfig, Config, DirectusConfig, MAX_ASSET_CONCURRENCY, MAX_WRONG_TOKEN_BACKOFF,
+    MIN_ASSET_BYTES, Secret, TlsConfig, expand_event_name,
 };
 use crate::certificate;
 use crate::device::is_device_pattern;
 
 /// Paths the relay serves itself; neither the webhook path nor the kiosk app's may shadow
-/// them. `/assets` is kept for the Directus files the relay will serve.
+/// them.
 const RESERVED_PATHS: [&str; 12] = [
     "/api",
     "/demo",
@@ -90,6 +90,7 @@ impl Config {
         }
         self.validate_limits()?;
         self.validate_site()?;
+        self.validate_assets()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -210,6 +211,61 @@ impl Config {
             }
             field_paths(&format!("collections[{i}].rooms_by"), &c.rooms_by)?;
             validate_shape(&format!("collections[{i}]"), c)?;
+        }
+        Ok(())
+    }
+
+    /// `[assets]` and each collection's `asset_fields` and `hold_for_assets`.
+    fn validate_assets(&self) -> Result<(), ConfigError> {
+        let a = &self.assets;
+        for (i, c) in self.collections.iter().enumerate() {
+            if let Some(fields) = &c.asset_fields {
+                field_paths(&format!("collections[{i}].asset_fields"), fields)?;
+            }
+            if c.hold_for_assets && !a.enabled {
+                return Err(invalid(
+                    format!("collections[{i}].hold_for_assets"),
+                    "holds items until their files are cached, which needs [assets] enabled = true",
+                ));
+            }
+        }
+        if !a.enabled {
+            return Ok(());
+        }
+        if self.directus.is_none() {
+            return Err(invalid(
+                "assets.enabled",
+                "the relay downloads files from Directus: add a [directus] section, or set assets.enabled = false",
+            ));
+        }
+        if a.max_bytes < MIN_ASSET_BYTES {
+            return Err(invalid(
+                "assets.max_bytes",
+                format!(
+                    "is {}; it must be at least {} (the disk budget of the files cache)",
+                    super::byte_size::format(a.max_bytes),
+                    super::byte_size::format(MIN_ASSET_BYTES)
+                ),
+            ));
+        }
+        if a.concurrency < 1 || a.concurrency > MAX_ASSET_CONCURRENCY {
+            return Err(invalid(
+                "assets.concurrency",
+                format!(
+                    "is {}; it must be between 1 and {MAX_ASSET_CONCURRENCY} (files downloaded at once)",
+                    a.concurrency
+                ),
+            ));
+        }
+        if a.hold_timeout < Duration::from_secs(1) || a.hold_timeout > Duration::from_secs(600) {
+            return Err(invalid("assets.hold_timeout", "must be between 1s and 10m"));
+        }
+        let dir = a.dir(&self.state_dir);
+        if dir == self.state_dir {
+            return Err(invalid(
+                "assets.dir",
+                "must not be state_dir itself (the cache removes files it does not know); use a folder of its own, such as the default assets/ under state_dir",
+            ));
         }
         Ok(())
     }

@@ -65,6 +65,7 @@ impl Hub {
                     let fresh = self
                         .seen
                         .observe(collection, &key.text, &record.to_string());
+                    self.note_files(collection, &key.text, Some(&record));
                     let changed = match self.mirror.put(collection, &key.text, record.clone()) {
                         Put::Changed => true,
                         Put::Unchanged => false,
@@ -87,6 +88,7 @@ impl Hub {
             Action::Delete => {
                 for key in &change.keys {
                     let last = self.mirror.remove(collection, &key.text);
+                    self.note_files(collection, &key.text, None);
                     let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
                     if last.is_some() || fresh {
                         outcome.deleted.push(Item {
@@ -137,6 +139,7 @@ impl Hub {
                     let fresh = self
                         .seen
                         .observe(collection, &key.text, &record.to_string());
+                    self.note_files(collection, &key.text, Some(&record));
                     let put = self.mirror.put(collection, &key.text, record.clone());
                     let item = Item {
                         key: key.text,
@@ -155,6 +158,7 @@ impl Hub {
                     }
                 }
                 None => {
+                    self.note_files(collection, &key.text, None);
                     let last = self.mirror.remove(collection, &key.text);
                     let fresh = self.seen.observe(collection, &key.text, &"\0deleted");
                     let mirrored = self.mirror.overflow(collection).is_none();
@@ -176,6 +180,7 @@ impl Hub {
                 .cloned()
                 .collect();
             for key in gone {
+                self.note_files(collection, &key, None);
                 if let Some(last) = self.mirror.remove(collection, &key) {
                     self.seen.observe(collection, &key, &"\0deleted");
                     outcome.deleted.push(Item {

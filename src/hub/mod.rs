@@ -12,13 +12,15 @@
 //! child modules, each an `impl Hub` for one job: `ingest` (changes in), `deliver` (events
 //! out), `subscribe` (the kiosk protocol), `snapshot` (snapshots serialised once and shared),
 //! `relay_status` (the upstream's state as kiosks and the relay see it), `persist` (the state
-//! file), `board` (the status page) and `figures` (metrics); `snapshot_budget` keeps the
+//! file), `board` (the status page), `figures` (metrics) and `hold` (`hold_for_assets`, and
+//! what items reference for the files cache); `snapshot_budget` keeps the
 //! snapshot answers in flight within their bound.
 
 mod board;
 mod deliver;
 pub mod event;
 mod figures;
+mod hold;
 mod ingest;
 pub mod mirror;
 mod persist;
@@ -271,11 +273,13 @@ pub fn start(
     io: SocketIo,
     metrics: Arc<Metrics>,
     persistence: Persistence,
+    assets: Option<crate::assets::Assets>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
     let mut hub = Hub::new(config.clone(), io, metrics, handle.report_tx.clone());
     hub.writer = persistence.writer;
+    hub.assets = assets;
     if let Some(saved) = persistence.saved {
         hub.restore(saved);
     }
@@ -333,6 +337,10 @@ struct Hub {
     snapshots: snapshot::SnapshotCache,
     /// Snapshot answers queued to kiosks and not read yet, and the subscribes waiting for room.
     budget: snapshot_budget::SnapshotBudget<subscribe::Waiting>,
+    /// The files cache (`[assets]`): told what items reference.
+    assets: Option<crate::assets::Assets>,
+    /// Changes held until their files are cached (`hold_for_assets`).
+    holds: hold::Holds,
 }
 
 impl Hub {
@@ -376,6 +384,8 @@ impl Hub {
             board_rooms: board::BoardRooms::default(),
             snapshots: snapshot::SnapshotCache::new(mirror_bytes),
             budget: snapshot_budget::SnapshotBudget::new(snapshot_bytes),
+            assets: None,
+            holds: hold::Holds::default(),
         }
     }
 
@@ -390,6 +400,7 @@ impl Hub {
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut budget = tokio::time::interval(snapshot_budget::BUDGET_CHECK);
         budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut cached = self.assets.as_ref().map(|a| a.cached());
         loop {
             tokio::select! {
                 biased;
@@ -403,7 +414,11 @@ impl Hub {
                 _ = tick.tick() => {
                     self.publish_report();
                     self.publish_board();
+                    if self.holds.any() {
+                        self.release_held(false);
+                    }
                 }
+                Ok(()) = file_cached(&mut cached) => self.release_held(false),
                 _ = persist.tick() => self.save_if_dirty(),
                 _ = budget.tick(), if self.budget.is_busy() => self.check_budget(),
             }
@@ -418,12 +433,19 @@ impl Hub {
         while let Ok(command) = kiosk_rx.try_recv() {
             self.handle(command);
         }
+        self.release_held(true);
         // Nothing is emitted after this: the last write holds the last seq, and says so.
         self.save_last();
         info!(seq = self.seq, "hub stopped");
     }
 
     fn handle(&mut self, command: Command) {
+        if let Some(command) = self.hold(command) {
+            self.handle_now(command);
+        }
+    }
+
+    fn handle_now(&mut self, command: Command) {
         match command {
             Command::Apply(change) => self.apply(change),
             Command::Journaled { change, journal } => {
@@ -449,5 +471,13 @@ impl Hub {
                 slot,
             } => self.subscribe(socket, request, ack, slot),
         }
+    }
+}
+
+/// Returns when the files cache has cached another file; never without one.
+async fn file_cached(cached: &mut Option<watch::Receiver<u64>>) -> Result<(), ()> {
+    match cached {
+        Some(rx) => rx.changed().await.map_err(|_| ()),
+        None => std::future::pending().await,
     }
 }

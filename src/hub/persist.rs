@@ -30,6 +30,7 @@ impl Hub {
             }
             for (key, record) in items {
                 self.seen.observe(&collection, &key, &record.to_string());
+                self.note_files(&collection, &key, Some(&record));
                 self.mirror.put(&collection, &key, record);
             }
             self.note_mirror(&collection);

@@ -127,6 +127,9 @@ pub async fn run(config: &Config) -> Vec<Line> {
         ),
         (None, false) => ok("websocket", "disabled (not needed in this mode)"),
     });
+    if config.assets.enabled {
+        files(config, &mut client, &mut lines).await;
+    }
     if let Some(collection) = &directus.heartbeat_collection {
         let what = format!("write {collection}");
         let mut heartbeat = Heartbeat::new(client, collection, &config.site_name);
@@ -141,6 +144,27 @@ pub async fn run(config: &Config) -> Vec<Line> {
         });
     }
     lines
+}
+
+/// `[assets]`: which fields of each relayed collection hold files, as the relay will find them.
+async fn files(config: &Config, client: &mut Directus, lines: &mut Vec<Line>) {
+    let (mut paths, undecided) = crate::assets::schema::configured(config);
+    if !undecided.is_empty() {
+        match crate::assets::schema::discover(client, &undecided).await {
+            Ok(found) => paths.collections.extend(found.collections),
+            Err(e) => {
+                lines.push(fail("files", e.to_string()));
+                return;
+            }
+        }
+    }
+    for (collection, line) in paths.collections.keys().zip(paths.describe()) {
+        let detail = line
+            .strip_prefix(&format!("{collection}: "))
+            .unwrap_or(&line)
+            .to_owned();
+        lines.push(ok(format!("files of {collection}"), detail));
+    }
 }
 
 /// The report as the operator reads it.
