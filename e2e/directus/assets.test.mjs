@@ -16,14 +16,19 @@
 //      cache under max_bytes (evicting the unreferenced ones), and the referenced ones stay;
 //      a file replaced under the same id is fetched again; a kill -9 during a video's download
 //      leaves no partial file, and the video is served whole.
+// A kiosk page in headless Chromium, served by the relay's [site] and built on relay-client.js,
+// shows the poster's image from the relay while Directus is up, and again after Directus is
+// stopped and the relay restarted (the page reloaded): the same bytes, and a Range of the video
+// from the page.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { appendFileSync, closeSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import zlib from "node:zlib";
+import { chromium } from "playwright-core";
 import { execFile } from "node:child_process";
 
 function required(name) {
@@ -190,6 +195,9 @@ reconcile_interval = "2s"
 enabled = true
 max_bytes = ${MAX_BYTES}
 
+[site]
+dir = "${join(WORK, "assets-site")}"
+
 [[collections]]
 name = "posters"
 
@@ -263,9 +271,42 @@ collections = ["screens"]
 
 // --- the tests --------------------------------------------------------------------------------
 
+/** The kiosk page: the first poster's image, from the relay, with relay-client.js. */
+const PAGE = `<!doctype html>
+<meta charset="utf-8">
+<img id="cover" alt="">
+<script src="/socket.io/socket.io.min.js"></script>
+<script type="module">
+  import { connectRelay } from "/relay-client.js";
+  const query = new URLSearchParams(location.search);
+  const relay = connectRelay({ token: query.get("token"), device: "poster-wall" });
+  window.relay = relay;
+  const posters = relay.collection("posters");
+  posters.on("change", () => {
+    const poster = [...posters.values()][0];
+    if (poster && poster.image) document.getElementById("cover").src = relay.asset(poster.image);
+  });
+</script>
+`;
+
 describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
   const files = {};
   let relay;
+  let browser;
+  let page;
+
+  /** The page's image: loaded, and its bytes as the page fetched them. */
+  async function pageImage() {
+    await page.waitForFunction(() => {
+      const img = document.getElementById("cover");
+      return img.src && img.complete && img.naturalWidth > 0;
+    }, null, { timeout: 60_000 });
+    return page.evaluate(async () => {
+      const img = document.getElementById("cover");
+      const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+      return { width: img.naturalWidth, src: img.src, bytes: Array.from(bytes) };
+    });
+  }
 
   before(async () => {
     await api("POST", "/collections", {
@@ -310,11 +351,22 @@ describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
     files.poster = poster.data.id;
     await api("POST", "/items/screens", { name: "assets e2e" });
 
+    mkdirSync(join(WORK, "assets-site"), { recursive: true });
+    writeFileSync(join(WORK, "assets-site", "index.html"), PAGE);
     relay = new Relay(await freePort());
     await relay.start();
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      headless: true,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      timeout: 30_000,
+    });
+    page = await browser.newPage({ viewport: { width: 800, height: 600 } });
   });
 
   after(async () => {
+    await browser?.close();
     await relay?.stop();
     if (!existsDirectus()) await run("bash", [join(SCRIPTS, "start.sh"), DIRECTUS_DIR, DIRECTUS_PORT]).catch(() => {});
   });
@@ -344,6 +396,14 @@ describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
     assert.equal((await relay.get(files.cover, `token=${LOBBY}`, { "if-none-match": etag })).status, 304);
   });
 
+  it("a kiosk page from the relay shows the image from the relay, the same bytes as Directus's", async () => {
+    await page.goto(`${relay.url}/app/?token=${LOBBY}`);
+    const shown = await pageImage();
+    assert.equal(shown.width, 400);
+    assert.ok(shown.src.startsWith(`${relay.url}/assets/${files.cover}`), shown.src);
+    assert.ok(Buffer.from(shown.bytes).equals(await directusBytes(files.cover)), "the page's image is Directus's file");
+  });
+
   it("gives a token for another collection, or none, a 404", async () => {
     assert.equal((await relay.get(files.cover, `token=${OTHER}`)).status, 404);
     assert.equal((await relay.get(files.cover)).status, 404);
@@ -363,6 +423,17 @@ describe("files cache against Directus 12.4.0", { concurrency: false }, () => {
       const missing = await relay.get(files.cover, `width=33&token=${LOBBY}`);
       assert.equal(missing.status, 504);
       assert.match(missing.body.toString(), /Directus cannot be reached/);
+      // The screen power-cycled too: its page loads again from the relay alone, with the
+      // picture, and seeks in the video.
+      await page.reload();
+      const shown = await pageImage();
+      assert.equal(shown.width, 400, `the page's image with Directus down (restarted: ${restarted})`);
+      const seek = await page.evaluate(async (url) => {
+        const res = await fetch(url, { headers: { range: "bytes=5000000-5000099" } });
+        return { status: res.status, bytes: Array.from(new Uint8Array(await res.arrayBuffer())) };
+      }, `${relay.url}/assets/${files.video}?token=${LOBBY}`);
+      assert.equal(seek.status, 206);
+      assert.ok(Buffer.from(seek.bytes).equals(files.videoBytes.subarray(5000000, 5000100)), "a seek into the video");
     }
     await run("bash", [join(SCRIPTS, "start.sh"), DIRECTUS_DIR, DIRECTUS_PORT]);
   });

@@ -97,6 +97,14 @@ if ! (cd "$E2E_DIR" && node -e 'import("socket.io-client").then(() => process.ex
   (cd "$E2E_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# --- Chromium from Debian, for the files test's kiosk page, only when missing ----------------
+if [[ ! -x /usr/bin/chromium ]]; then
+  log "installing Debian chromium (apt-get)"
+  [[ $(id -u) -eq 0 ]] || { echo "/usr/bin/chromium is missing and installing it needs root: apt-get install chromium" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+fi
+
 # --- the relay -------------------------------------------------------------------------------
 if [[ -z "${RELAY_BIN:-}" ]]; then
   log "building the relay (cargo build --release)"
