@@ -15,8 +15,7 @@ use url::Url;
 use super::Inner;
 use super::store::{Meta, fnv64, variant_name};
 use crate::config::{DirectusConfig, Secret};
-use crate::upstream::directus::Directus;
-use crate::upstream::tls;
+use crate::upstream::directus::{self, Directus};
 
 /// Why a file could not be fetched, worded for the operator (never with a token in it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,16 +66,7 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(config: &DirectusConfig) -> Result<Upstream, String> {
-        let roots = tls::roots(config.ca_file.as_deref())?;
-        let tls = tls::client_config(roots, &[b"h2", b"http/1.1"]);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .https_only(config.url.scheme() == "https")
-            .connect_timeout(config.request_timeout)
-            .read_timeout(config.request_timeout)
-            .user_agent(concat!("directus-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let http = directus::http_client(config, |b| b.read_timeout(config.request_timeout))?;
         Ok(Upstream {
             http,
             base: config.url.clone(),

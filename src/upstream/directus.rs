@@ -136,19 +136,29 @@ impl fmt::Debug for Directus {
     }
 }
 
+/// An HTTP client for Directus: TLS with the built-in roots and `ca_file`, https only for an
+/// https URL, the connect timeout and the relay's user agent; `finish` adds what differs (a
+/// timeout per request, or per read for large files).
+pub fn http_client(
+    config: &DirectusConfig,
+    finish: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, String> {
+    let roots = tls::roots(config.ca_file.as_deref())?;
+    let tls = tls::client_config(roots, &[b"h2", b"http/1.1"]);
+    let builder = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .https_only(config.url.scheme() == "https")
+        .connect_timeout(config.request_timeout)
+        .user_agent(concat!("directus-relay/", env!("CARGO_PKG_VERSION")));
+    finish(builder)
+        .build()
+        .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+}
+
 impl Directus {
-    /// Builds the client: TLS with the built-in roots and `ca_file`, timeouts on every request.
+    /// Builds the client: [`http_client`] with a timeout on every whole request.
     pub fn new(config: &DirectusConfig) -> Result<Directus, String> {
-        let roots = tls::roots(config.ca_file.as_deref())?;
-        let tls = tls::client_config(roots, &[b"h2", b"http/1.1"]);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .https_only(config.url.scheme() == "https")
-            .connect_timeout(config.request_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(concat!("directus-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let http = http_client(config, |b| b.timeout(config.request_timeout))?;
         let auth = Auth::from_config(config)
             .ok_or("directus: set token, token_file, or email and password")?;
         Ok(Directus {
