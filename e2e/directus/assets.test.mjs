@@ -24,18 +24,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { appendFileSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import zlib from "node:zlib";
 import { chromium } from "playwright-core";
 import { execFile } from "node:child_process";
-
-function required(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run the suite with bash e2e/directus/run.sh`);
-  return value;
-}
+import { directusEnv, freePort, required } from "./lib.mjs";
 
 const DIRECTUS_DIR = required("E2E_DIRECTUS_DIR");
 const DIRECTUS_PORT = required("E2E_DIRECTUS_PORT");
@@ -60,18 +54,6 @@ function run(cmd, args) {
     execFile(cmd, args, { timeout: 180_000 }, (error, stdout, stderr) =>
       error ? reject(new Error(`${cmd} ${args.join(" ")}: ${stderr}${stdout}`)) : resolve(stdout));
   });
-}
-
-function directusEnv() {
-  const out = {};
-  for (const line of readFileSync(join(DIRECTUS_DIR, "env"), "utf8").split("\n")) {
-    const m = /^export ([A-Z_]+)=(.*)$/.exec(line);
-    if (!m) continue;
-    let v = m[2];
-    if (v.startsWith("'") && v.endsWith("'")) v = v.slice(1, -1);
-    out[m[1]] = v.replace(/\\(.)/g, "$1");
-  }
-  return out;
 }
 
 async function api(method, path, body) {
@@ -149,17 +131,6 @@ function png(w, h, seed) {
     chunk("IDAT", zlib.deflateSync(raw)),
     chunk("IEND", Buffer.alloc(0)),
   ]);
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 // --- the relay --------------------------------------------------------------------------------

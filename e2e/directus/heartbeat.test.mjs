@@ -5,37 +5,17 @@
 
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
-import net from "node:net";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { io } from "socket.io-client";
+import { directusEnv, freePort, required } from "./lib.mjs";
 
-function required(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run the suite with bash e2e/directus/run.sh`);
-  return value;
-}
-
-const DIRECTUS_DIR = required("E2E_DIRECTUS_DIR");
 const WORK = required("E2E_WORK");
 const RELAY_BIN = required("E2E_RELAY_BIN");
 const COLLECTION = "relay_sites";
 const SITE = `e2e-site-${Date.now().toString(36)}`;
 const PATIENCE_MS = 30_000;
-
-/** DIR/env as written by start.sh (export NAME=value, shell-quoted with %q). */
-function directusEnv() {
-  const out = {};
-  for (const line of readFileSync(join(DIRECTUS_DIR, "env"), "utf8").split("\n")) {
-    const m = /^export ([A-Z_]+)=(.*)$/.exec(line);
-    if (!m) continue;
-    let v = m[2];
-    if (v.startsWith("'") && v.endsWith("'")) v = v.slice(1, -1);
-    out[m[1]] = v.replace(/\\(.)/g, "$1");
-  }
-  return out;
-}
 
 const env = directusEnv();
 const DIRECTUS_URL = `http://127.0.0.1:${env.DIRECTUS_PORT}`;
@@ -49,15 +29,6 @@ async function api(method, path, body) {
   const text = await res.text();
   if (!res.ok) throw new Error(`Directus ${method} ${path} -> HTTP ${res.status}: ${text.slice(0, 500)}`);
   return text ? JSON.parse(text) : null;
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
 }
 
 function relayCommand(args, extraEnv = {}) {

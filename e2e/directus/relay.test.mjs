@@ -23,17 +23,11 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { appendFileSync, closeSync, existsSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { isDeepStrictEqual } from "node:util";
 import { io } from "socket.io-client";
-
-function required(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run the suite with bash e2e/directus/run.sh`);
-  return value;
-}
+import { directusEnv, freePort, required } from "./lib.mjs";
 
 const DIRECTUS_DIR = required("E2E_DIRECTUS_DIR");
 const DIRECTUS_PORT = required("E2E_DIRECTUS_PORT");
@@ -82,17 +76,6 @@ function run(cmd, args, { timeout = 180_000 } = {}) {
   });
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 /** The last lines of a file, each cut to 400 characters (the relay logs whole request URLs). */
 function tail(file, lines = 40) {
   if (!existsSync(file)) return `(no ${file})`;
@@ -104,19 +87,6 @@ function tail(file, lines = 40) {
 }
 
 // --- Directus ---------------------------------------------------------------------------------
-
-/** DIR/env as written by start.sh (export NAME=value, shell-quoted with %q). */
-function directusEnv() {
-  const out = {};
-  for (const line of readFileSync(join(DIRECTUS_DIR, "env"), "utf8").split("\n")) {
-    const m = /^export ([A-Z_]+)=(.*)$/.exec(line);
-    if (!m) continue;
-    let v = m[2];
-    if (v.startsWith("'") && v.endsWith("'")) v = v.slice(1, -1);
-    out[m[1]] = v.replace(/\\(.)/g, "$1");
-  }
-  return out;
-}
 
 const directus = {
   get url() {
