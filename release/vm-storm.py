@@ -17,9 +17,7 @@ import http.client
 import importlib.util
 import json
 import os
-import selectors
 import sys
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -75,47 +73,15 @@ def main():
     populated = round(time.time() - t0, 1)
     if relay.conn is not None:
         relay.conn.close()
-    conns, errors = [], []
-
-    def connect():
-        try:
-            conns.append(bad_days.Kiosk(relay, {"token": args.token, "collections": ["screens"]}))
-        except Exception as e:  # noqa: BLE001 - counted and printed
-            errors.append(str(e))
-
-    threads = [threading.Thread(target=connect) for _ in range(kiosks)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for k in conns:
-        k.send('420["subscribe",{"collections":["screens"]}]')
-    readers = [bad_days.Reader(k) for k in conns]
-    t1 = time.time()
-    while time.time() - t1 < slow_secs:
-        for r in readers:
-            if not r.kiosk.closed:
-                r.read(max(1, slow_read // 10))
-        time.sleep(0.1)
-    sel = selectors.DefaultSelector()
-    for r in readers:
-        if not r.kiosk.closed and not r.answered:
-            sel.register(r.kiosk.sock, selectors.EVENT_READ, r)
-    deadline = time.time() + 300
-    while sel.get_map() and time.time() < deadline:
-        for key, _ in sel.select(timeout=1):
-            r = key.data
-            if not r.read(1 << 20) or r.answered:
-                sel.unregister(key.fileobj)
-    answered = sum(1 for r in readers if r.answered)
-    cut_off = sum(1 for r in readers if r.kiosk.closed and not r.answered)
+    conns, errors, answered, cut_off, took = bad_days.subscribe_storm(
+        relay, kiosks, {"token": args.token, "collections": ["screens"]}, slow_read, slow_secs)
     for k in conns:
         k.close()
     result = {"kiosks": kiosks, "connect_errors": len(errors), "items": items, "item_bytes": item_bytes,
               "snapshot_mib": round(items * item_bytes / bad_days.MIB, 1), "populated_s": populated,
               "webhook_retries": relay.retries,
               "answered": answered, "cut_off_before_answer": cut_off,
-              "seconds_to_answer_all": round(time.time() - t1, 1)}
+              "seconds_to_answer_all": took}
     print(json.dumps(result))
     if errors:
         print("connect errors:", errors[:3], file=sys.stderr)

@@ -352,19 +352,16 @@ class Reader:
         return True
 
 
-def storm(args, out):
-    kiosks, items, item_bytes = env_int("KIOSKS", 100), env_int("ITEMS", 2000), env_int("ITEM_BYTES", 4096)
-    slow_read, slow_secs = env_int("SLOW_READ", 64 << 10), env_int("SLOW_SECS", 5)
-    relay = Relay(args.relay, out, "storm", max(kiosks + 10, 500))
-    populate(relay, items, item_bytes)
-    time.sleep(1)
-    start = relay.rss()
-    sampler = Sampler(relay.proc.pid)
+def subscribe_storm(relay, kiosks, auth, slow_read, slow_secs):
+    """KIOSKS kiosks connect at once with `auth` and subscribe to `screens` without `since`;
+    each reads SLOW_READ bytes/s for SLOW_SECS, then as fast as it can until it has its answer
+    (300 s at most). Returns the kiosks, the connect errors, how many were answered, how many
+    the relay closed before their answer, and the seconds from the subscribes to the end."""
     conns, errors = [], []
 
     def connect():
         try:
-            conns.append(Kiosk(relay, {"collections": ["screens"]}))
+            conns.append(Kiosk(relay, auth))
         except Exception as e:  # noqa: BLE001 - counted and printed
             errors.append(str(e))
 
@@ -376,7 +373,6 @@ def storm(args, out):
     for k in conns:
         k.send('420["subscribe",{"collections":["screens"]}]')
     readers = [Reader(k) for k in conns]
-    # Every kiosk reads slowly for a while, then as fast as it can until it has its answer.
     t0 = time.time()
     while time.time() - t0 < slow_secs:
         for r in readers:
@@ -395,7 +391,19 @@ def storm(args, out):
                 sel.unregister(key.fileobj)
     answered = sum(1 for r in readers if r.answered)
     cut_off = sum(1 for r in readers if r.kiosk.closed and not r.answered)
-    took = round(time.time() - t0, 1)
+    return conns, errors, answered, cut_off, round(time.time() - t0, 1)
+
+
+def storm(args, out):
+    kiosks, items, item_bytes = env_int("KIOSKS", 100), env_int("ITEMS", 2000), env_int("ITEM_BYTES", 4096)
+    slow_read, slow_secs = env_int("SLOW_READ", 64 << 10), env_int("SLOW_SECS", 5)
+    relay = Relay(args.relay, out, "storm", max(kiosks + 10, 500))
+    populate(relay, items, item_bytes)
+    time.sleep(1)
+    start = relay.rss()
+    sampler = Sampler(relay.proc.pid)
+    conns, errors, answered, cut_off, took = subscribe_storm(relay, kiosks, {"collections": ["screens"]},
+                                                            slow_read, slow_secs)
     for k in conns:
         k.close()
     time.sleep(3)
