@@ -218,6 +218,23 @@ impl Fleet {
         chosen
     }
 
+    /// How many screens are online, and the devices of those missing (sorted): what the
+    /// heartbeat row says, without the whole view.
+    pub fn summary(&self) -> (usize, Vec<String>) {
+        let screens = self.lock();
+        let online = screens
+            .iter()
+            .filter(|s| s.state() == State::Online)
+            .count();
+        let mut missing: Vec<String> = screens
+            .iter()
+            .filter(|s| s.state() == State::Missing)
+            .map(|s| s.known.device.clone())
+            .collect();
+        missing.sort();
+        (online, missing)
+    }
+
     /// Every known screen for the status page and `GET /api/screens`: missing ones first, then
     /// away, then online, each by device id.
     pub fn view(&self) -> Value {

@@ -1,6 +1,6 @@
 //! The site in Directus (`[directus] heartbeat_collection`): every minute, and whenever the
-//! upstream's state or the number of screens online or missing changes, the relay writes one row
-//! for itself into that collection, keyed by `site_name`, so the people who edit content see in
+//! upstream's state, the number of screens online or which screens are missing changes, the
+//! relay writes one row for itself into that collection, keyed by `site_name`, so the people who edit content see in
 //! Directus which sites and screens are live. A failed write is logged (once until it works
 //! again) and tried at the next beat; it never holds up anything else.
 
@@ -28,8 +28,9 @@ const CHANGE_CHECK: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq)]
 struct Beat {
     upstream: &'static str,
-    online: u64,
-    missing: u64,
+    online: usize,
+    /// The devices of the missing screens, sorted.
+    missing: Vec<String>,
 }
 
 /// Writes the site's row, creating it when there is none.
@@ -112,25 +113,15 @@ fn encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// The row for now.
-fn row(beat: &Beat, fleet: &Fleet, metrics: &Metrics) -> Value {
-    let view = fleet.view();
-    let missing: Vec<&str> = view["screens"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter(|s| s["state"] == "missing")
-                .filter_map(|s| s["device"].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+/// The row for `beat`.
+fn row(beat: &Beat, metrics: &Metrics) -> Value {
     let last_change = metrics.last_change.get();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": beat.upstream,
         "screens_online": beat.online,
-        "screens_missing": beat.missing,
-        "missing_screens": missing.join(", "),
+        "screens_missing": beat.missing.len(),
+        "missing_screens": beat.missing.join(", "),
         "last_change": (last_change > 0).then(|| format_rfc3339(
             std::time::UNIX_EPOCH + Duration::from_secs(last_change as u64)
         )),
@@ -140,11 +131,11 @@ fn row(beat: &Beat, fleet: &Fleet, metrics: &Metrics) -> Value {
 }
 
 fn beat(hub: &HubHandle, fleet: &Fleet) -> Beat {
-    let view = fleet.view();
+    let (online, missing) = fleet.summary();
     Beat {
         upstream: hub.report().upstream.as_str(),
-        online: view["online"].as_u64().unwrap_or(0),
-        missing: view["missing"].as_u64().unwrap_or(0),
+        online,
+        missing,
     }
 }
 
@@ -189,7 +180,7 @@ pub fn spawn(
             if !due {
                 continue;
             }
-            let result = heartbeat.write(row(&now, &fleet, &metrics)).await;
+            let result = heartbeat.write(row(&now, &metrics)).await;
             last = Some((now, tokio::time::Instant::now()));
             match result {
                 Ok(()) if failing => {
