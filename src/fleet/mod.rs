@@ -144,7 +144,8 @@ impl Fleet {
             info!(device, token, "new screen");
         }
         self.dirty.store(true, Ordering::Relaxed);
-        self.update_metrics(&screens);
+        self.update_counts(&screens);
+        self.set_last_seen(&device, now_unix());
     }
 
     /// A kiosk's connection closed; nothing to do unless it named its device.
@@ -160,10 +161,14 @@ impl Fleet {
             delivered: tag.tally.delivered_so_far(),
             cut_off: tag.tally.was_cut_off(),
         };
+        let device = departure.device.clone();
         let mut screens = self.lock();
         screens.disconnect(departure, Instant::now(), now_unix());
         self.dirty.store(true, Ordering::Relaxed);
-        self.update_metrics(&screens);
+        self.update_counts(&screens);
+        if let Some(screen) = screens.get(&device) {
+            self.set_last_seen(&device, screen.known.last_seen);
+        }
     }
 
     /// Forgets a screen (an admin's request). Its open connections stay open.
@@ -176,7 +181,7 @@ impl Fleet {
             });
             info!(device, "screen forgotten by the admin");
             self.dirty.store(true, Ordering::Relaxed);
-            self.update_metrics(&screens);
+            self.update_counts(&screens);
         }
         forgotten
     }
@@ -366,7 +371,23 @@ impl Fleet {
         }
     }
 
+    /// Every figure: the counts by state, and each screen's last-seen time (online: now). At
+    /// start and on every check for missing screens; a connect or disconnect changes only its
+    /// own screen's.
     fn update_metrics(&self, screens: &Screens<SocketRef>) {
+        self.update_counts(screens);
+        let now = now_unix();
+        for screen in screens.iter() {
+            let seen = if screen.connections.is_empty() {
+                screen.known.last_seen
+            } else {
+                now
+            };
+            self.set_last_seen(&screen.known.device, seen);
+        }
+    }
+
+    fn update_counts(&self, screens: &Screens<SocketRef>) {
         for (state, n) in screens.counts() {
             self.metrics
                 .screens
@@ -375,20 +396,15 @@ impl Fleet {
                 })
                 .set(n as i64);
         }
-        let now = now_unix();
-        for screen in screens.iter() {
-            let seen = if screen.connections.is_empty() {
-                screen.known.last_seen
-            } else {
-                now
-            };
-            self.metrics
-                .screen_last_seen
-                .get_or_create(&DeviceLabels {
-                    device: screen.known.device.clone(),
-                })
-                .set(seen as i64);
-        }
+    }
+
+    fn set_last_seen(&self, device: &str, unix: u64) {
+        self.metrics
+            .screen_last_seen
+            .get_or_create(&DeviceLabels {
+                device: device.to_owned(),
+            })
+            .set(unix as i64);
     }
 }
 

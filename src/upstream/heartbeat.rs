@@ -1,7 +1,7 @@
 //! The site in Directus (`[directus] heartbeat_collection`): every minute, and whenever the
 //! upstream's state, the number of screens online or which screens are missing changes, the
-//! relay writes one row for itself into that collection, keyed by `site_name`, so the people who edit content see in
-//! Directus which sites and screens are live. A failed write is logged (once until it works
+//! relay writes one row for itself into that collection, keyed by `site_name`, so the people
+//! who edit content see in Directus which sites and screens are live. A failed write is logged (once until it works
 //! again) and tried at the next beat; it never holds up anything else.
 
 use std::sync::Arc;
