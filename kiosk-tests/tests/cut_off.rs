@@ -36,13 +36,18 @@ async fn text(ws: &mut Ws) -> String {
 
 /// A kiosk that connects with WebSocket at once, joins `/` and then reads nothing more.
 async fn direct_websocket(relay: &Relay) -> Ws {
+    direct_websocket_with(relay, "40").await
+}
+
+/// The same, with its own Socket.IO connect packet (`40{"device":…}` names the screen).
+async fn direct_websocket_with(relay: &Relay, connect: &str) -> Ws {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr);
     let (mut ws, _) = tokio_tungstenite::client_async(url, tight_socket(relay).await)
         .await
         .expect("websocket handshake");
     let open = text(&mut ws).await;
     assert!(open.starts_with("0{"), "Engine.IO open packet: {open}");
-    join(&mut ws).await;
+    join_with(&mut ws, connect).await;
     ws
 }
 
@@ -77,7 +82,13 @@ async fn upgraded_from_polling(relay: &Relay) -> Ws {
 
 /// Joins namespace `/` and waits for the relay's greeting.
 async fn join(ws: &mut Ws) {
-    ws.send(Message::text("40")).await.expect("connect packet");
+    join_with(ws, "40").await;
+}
+
+async fn join_with(ws: &mut Ws, connect: &str) {
+    ws.send(Message::text(connect))
+        .await
+        .expect("connect packet");
     loop {
         let packet = text(ws).await;
         if packet.starts_with("42[\"relay.status\"") {
@@ -162,6 +173,75 @@ async fn a_websocket_kiosk_that_stops_reading_is_cut_off_by_closing_its_connecti
 #[tokio::test]
 async fn an_upgraded_kiosk_that_stops_reading_is_cut_off_by_closing_its_connection() {
     a_kiosk_that_stops_reading_is_cut_off(upgraded_from_polling).await;
+}
+
+/// A named screen that stops reading shows how many events wait in its queue, in the fleet's
+/// per-screen view, until the queue is full and it is cut off.
+#[tokio::test]
+async fn a_screen_that_stops_reading_shows_its_queue_depth() {
+    const ADMIN: &str = "queue-admin-token-0123456789";
+    let relay = Relay::start(&config(&format!(
+        "[admin]\ntoken = \"{ADMIN}\"\n[limits]\nkiosk_queue = 16"
+    )))
+    .await;
+    let slow = direct_websocket_with(&relay, r#"40{"device":"slow-screen"}"#).await;
+    let queue = async || {
+        let (status, list) = relay
+            .api(reqwest::Method::GET, "/api/screens", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let screen = list["screens"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["device"] == "slow-screen"))
+            .cloned()
+            .unwrap_or_else(|| panic!("slow-screen is not listed: {list}"));
+        (screen["queue"].as_u64(), screen["queue_full"].as_bool())
+    };
+    assert_eq!(queue().await, (Some(0), Some(false)), "nothing queued yet");
+
+    let filler = "x".repeat(PAYLOAD_BYTES);
+    let mut depths = Vec::new();
+    let mut posted = 0;
+    while overflows(&relay).await == 0 {
+        assert!(
+            posted < MAX_CHANGES,
+            "{posted} changes did not fill a queue of 16"
+        );
+        relay
+            .change(&hook(
+                "screens",
+                "create",
+                json!(posted),
+                json!({"n": posted, "filler": filler}),
+            ))
+            .await;
+        posted += 1;
+        if let (Some(depth), _) = queue().await {
+            depths.push(depth);
+        }
+    }
+    assert!(
+        depths.iter().any(|&d| d > 0),
+        "the queue never showed an event waiting: {depths:?}"
+    );
+    assert!(
+        depths.iter().all(|&d| d <= 16),
+        "a depth past kiosk_queue: {depths:?}"
+    );
+    assert!(
+        depths.windows(2).any(|w| w[1] > w[0]),
+        "the depth never grew while the screen did not read: {depths:?}"
+    );
+    // Cut off: once the relay has seen it go, no live connection, so no queue to show.
+    assert_closed_soon(slow).await;
+    let gone = tokio::time::timeout(PATIENCE, async {
+        while queue().await.0.is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the cut-off screen still shows a queue");
+    relay.stop().await;
 }
 
 /// A kiosk that sends a message past `limits.max_message_bytes` (here 10 MiB in one frame, and

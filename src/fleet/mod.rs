@@ -282,6 +282,7 @@ impl Fleet {
                     "last_seen": if live.is_some() { now } else { k.last_seen },
                     "subscriptions": subscriptions,
                     "connections": screen.connections.len(),
+                    "queue": live.map(crate::kiosk_queue::queue_depth),
                     "queue_full": live.map(crate::kiosk_queue::queue_full),
                     "delivered": delivered,
                     "cut_offs_last_hour": screen.cut_offs_last_hour(now),

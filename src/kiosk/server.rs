@@ -38,6 +38,13 @@ use crate::metrics::{self, Metrics};
 /// engineioxide's default, 4,096, cost 3.5 KiB more per kiosk.
 const WS_READ_BUFFER_BYTES: usize = 512;
 
+/// How much of a kiosk's outgoing frames tungstenite gathers before it writes them: events
+/// queued while a write is under way go out together, up to this. A kiosk that falls behind
+/// holds this much (plus one frame) in its write buffer; once written, a buffer that grew past
+/// it is given back (vendor/README.md). tungstenite's default, 128 KiB, kept ~140 KiB per kiosk
+/// that had fallen behind, for good.
+const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The Socket.IO builder with the relay's bounds: the per-kiosk queue, the largest message
 /// a kiosk may send on either transport, and how long a session may take to join a namespace
 /// (`limits.join_timeout`; see [`super::pending`]).
@@ -46,6 +53,7 @@ pub fn builder(limits: &Limits) -> SocketIoBuilder {
         .connect_timeout(limits.join_timeout)
         .max_buffer_size(limits.kiosk_queue)
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+        .ws_write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_payload(limits.max_message_bytes as u64)
         .ws_max_message_size(limits.max_message_bytes)
         .ws_max_frame_size(limits.max_message_bytes)
