@@ -21,6 +21,7 @@ name = "screens"
 [clients]
 allowed_origins = ["*"]
 allow_anonymous = true
+max_screens = $2
 
 [limits]
 max_clients = $2
