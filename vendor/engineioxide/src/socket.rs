@@ -67,7 +67,6 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
@@ -77,7 +76,7 @@ use tokio::sync::{
 };
 
 pub use engineioxide_core::Sid;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{future::FutureExt as _, sync::CancellationToken};
 
 /// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,10 +205,7 @@ pub(crate) struct InternalRx {
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<Queued>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>, volatile_rx: watch::Receiver<Option<Queued>>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
@@ -351,22 +347,25 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
-                })
-                .inspect(|_v| {
+        // directus-relay patch 4: the job runs under the socket's own cancellation token, not a
+        // clone of it wrapped around a second future (which made the task 1,152 bytes).
+        tokio::spawn(async move {
+            let job = self
+                .heartbeat_job(interval, timeout)
+                .with_cancellation_token(&self.cancellation_token)
+                .await;
+            match job {
+                Some(Err(_e)) => {
+                    self.close(DisconnectReason::HeartbeatTimeout);
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+                }
+                _v => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
+                }
+            }
+        });
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -760,7 +759,10 @@ mod tests {
         ));
         socket.emit("one").unwrap();
         socket.reserve().unwrap().emit("two".into());
-        socket.reserve().unwrap().emit_binary(Bytes::from_static(b"three"));
+        socket
+            .reserve()
+            .unwrap()
+            .emit_binary(Bytes::from_static(b"three"));
         socket.reserve().unwrap().emit_many(
             "four".into(),
             VecDeque::from([Bytes::from_static(b"five"), Bytes::from_static(b"six")]),

@@ -4,7 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -22,11 +22,17 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    DisconnectReason, Socket,
+    body::ResponseBody,
+    config::EngineIoConfig,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    socket::{InternalRx, Queued},
+    transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -55,22 +61,22 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     sid: Option<Sid>,
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts.clone(), body);
-
-    let ws_key = parts
-        .headers
+    let mut req = req;
+    let ws_key = req
+        .headers()
         .get("Sec-WebSocket-Key")
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
+    // directus-relay patch 4: the task captures the upgrade and the request's parts boxed, not
+    // the request twice (a copy of its parts stayed in the task for the connection's life).
+    let upgrade = hyper::upgrade::on(&mut req);
+    let parts = Box::new(req.into_parts().0);
 
     tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
+        let conn = upgrade.await.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, *parts).await,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
@@ -102,17 +108,43 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
 /// Read packets from the websocket and handle them, it will block until the connection is closed
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
-)]
-pub async fn on_init<H: EngineIoHandler, S>(
+///
+/// directus-relay patch 4: the session is opened in a boxed future of its own, freed once the
+/// websocket is open, so that the future kept for the connection's life holds only what
+/// reading needs. As one `async fn`, the handshake's and upgrade's futures and the arguments
+/// made it 3.9 KB, for every connection, for as long as it lasted.
+pub fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(), Error>
+) -> impl Future<Output = Result<(), Error>> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let open = Box::pin(open_session::<H, S>(
+        engine.clone(),
+        conn,
+        protocol,
+        sid,
+        req_data,
+    ));
+    serve::<H, S>(engine, open)
+}
+
+/// Opens the session: a new one with its open packet, or the upgrade of a polling one.
+#[cfg_attr(
+    feature = "tracing",
+    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
+)]
+async fn open_session<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -160,10 +192,33 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
+    Ok((socket, ws))
+}
 
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+/// Reads the session's websocket until it closes; a task of its own writes to it.
+async fn serve<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    open: Pin<
+        Box<
+            impl Future<Output = Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>>
+            + Send
+            + 'static,
+        >,
+    >,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // In a block of its own: the opened websocket, moved into the split halves, would otherwise
+    // keep its place in this future while reading.
+    let (socket, rx) = {
+        let (socket, ws) = open.await?;
+        let (tx, rx) = ws.split();
+
+        // Pipe between websocket and internal socket channel.
+        tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+        (socket, rx)
+    };
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -256,6 +311,11 @@ where
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
+///
+/// directus-relay patch 4: a packet is written by one `async fn` (it was a macro expanded in
+/// three places, inside the `select!` whose futures stay alive while a branch runs), and the
+/// `select!` only picks what to write. The writer's future, kept for the connection's life, went
+/// from 1,768 to a few hundred bytes.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
@@ -263,11 +323,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
+    let internal_rx = {
+        let lock = socket.internal_rx.lock();
+        lock.with_cancellation_token(&socket.cancellation_token)
+            .await
+    };
+    let Some(mut internal_rx) = internal_rx else {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
@@ -278,70 +339,35 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
+    enum Next {
+        Buffered(Queued),
+        Volatile(Option<Queued>),
+    }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
-        tokio::select! {
+        let next = tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in PacketBuf::from(packets) {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in PacketBuf::from(packets) {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+            items = buffered_rx.recv() => match items {
+                Some(packets) => Next::Buffered(packets),
+                None => break,
+            },
+            _ = socket.cancellation_token.cancelled() => break,
+            Ok(()) = volatile_rx.changed() => Next::Volatile(volatile_rx.borrow_and_update().clone()),
+        };
+        match next {
+            Next::Buffered(packets) => {
+                write_queued(&mut tx, &socket, packets).await;
+                while let Ok(packets) = buffered_rx.try_recv() {
+                    write_queued(&mut tx, &socket, packets).await;
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    let packets = PacketBuf::from(packets);
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
-            },
+            Next::Volatile(Some(packets)) => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "ws volatile flush");
+                write_queued(&mut tx, &socket, packets).await;
+            }
+            Next::Volatile(None) => {}
         }
 
         #[cfg(feature = "tracing")]
@@ -355,6 +381,62 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     tx.flush().await.ok();
     tx.close().await.ok();
 }
+
+/// Writes an entry of the socket's channel: its packets, in order.
+async fn write_queued<D: Default + Send + Sync + 'static, S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<D>,
+    queued: Queued,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match queued {
+        Queued::Message(msg) => write_packet(tx, socket, Packet::Message(msg)).await,
+        Queued::Packets(mut packets) => {
+            for item in packets.drain(..) {
+                write_packet(tx, socket, item).await;
+            }
+        }
+    }
+}
+
+/// Maps a packet to a websocket message and buffers it in the sink (written when the sink's
+/// write buffer is full, or at the next flush).
+async fn write_packet<D: Default + Send + Sync + 'static, S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<D>,
+    item: Packet,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let message = match item {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if socket.protocol == ProtocolVersion::V3 {
+                // v3 protocol requires packet type as the first byte.
+                // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                Message::Binary(buff.into())
+            } else {
+                Message::Binary(bin)
+            }
+        }
+        // A Noop Packet maybe sent by the server to upgrade from a polling connection
+        // In the case that the packet was not poll in time it will remain in the buffer and therefore
+        // it should be discarded here
+        Packet::Noop => return,
+        item => {
+            let packet: String = item.try_into().unwrap();
+            Message::Text(packet.into())
+        }
+    };
+    if let Err(_e) = tx.feed(message).await {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -561,8 +643,13 @@ mod write_buffer_tests {
     fn the_write_buffer_size_comes_from_the_config() {
         let default = ws_config(&EngineIoConfig::default());
         assert_eq!(default.write_buffer_size, 128 * 1024);
-        assert_eq!(default.write_buffer_size, WebSocketConfig::default().write_buffer_size);
-        let config = EngineIoConfig::builder().ws_write_buffer_size(8 * 1024).build();
+        assert_eq!(
+            default.write_buffer_size,
+            WebSocketConfig::default().write_buffer_size
+        );
+        let config = EngineIoConfig::builder()
+            .ws_write_buffer_size(8 * 1024)
+            .build();
         let small = ws_config(&config);
         assert_eq!(small.write_buffer_size, 8 * 1024);
         assert_eq!(small.read_buffer_size, config.ws_read_buffer_size);
