@@ -69,6 +69,7 @@ def row_of(r):
         # gauges; Node has neither): shared by every kiosk, not kept per lagging kiosk.
         "shared_kib": sum(shared) / 1024 / lagging if shared and lagging else None,
         "tcp_kib": lag.get("tcp_buffers_per_kiosk_kib"),
+        "caught_up_s": lag.get("caught_up_s"),
         "held_kib": (lag["rss_lagging_kib"] - rel["rss_warm_kib"]) / lagging
         if lag.get("rss_lagging_kib") and rel.get("rss_warm_kib") and lagging else None,
     }
@@ -311,15 +312,15 @@ def main():
         out.append("| cell | server | kiosks (lagging) | RSS idle MiB | RSS warm MiB | RSS peak, lag and catch-up MiB"
                    " | RSS after catch-up MiB | kept KiB / lagging kiosk | of it replay ring + mirror²"
                    " | held KiB / lagging kiosk at the lag's end | peak KiB / lagging kiosk | kernel TCP buffers KiB / lagging kiosk³"
-                   " | delivered / expected | kiosks cut off | loadgen cores | load avg |")
-        out.append("|" + "---|" * 16)
+                   " | caught up s⁴ | delivered / expected | kiosks cut off | loadgen cores | load avg |")
+        out.append("|" + "---|" * 17)
         for name in lag_cells:
             for server in ("relay", "node"):
                 if (name, server) not in cells:
                     continue
                 row = cells[(name, server)]
                 if row is None:
-                    out.append(f"| {name} | {server} | loadgen failed |" + " |" * 13)
+                    out.append(f"| {name} | {server} | loadgen failed |" + " |" * 14)
                     continue
                 sat = " ⚠" if row["loadgen_cores"] and row["loadgen_cores"] > 0.9 else ""
                 dexp = "–" if row["expected"] is None else f"{fmt(row['delivered'])} / {fmt(row['expected'])}"
@@ -327,7 +328,7 @@ def main():
                     f"| {name} | {server} | {fmt(row['connected'])} ({fmt(row['lagging'])}) | {fmt(row['idle_mib'])}"
                     f" | {fmt(row['warm_mib'])} | {fmt(row['load_peak_mib'])} | {fmt(row['after_mib'])}"
                     f" | {fmt(row['kept_kib'])} | {fmt(row['shared_kib'])} | {fmt(row['held_kib'])} | {fmt(row['lag_peak_kib'])}"
-                    f" | {fmt(row['tcp_kib'])} | {dexp}"
+                    f" | {fmt(row['tcp_kib'])} | {fmt(row['caught_up_s'], 2)} | {dexp}"
                     f" | {fmt(row['closed'])} | {fmt(row['loadgen_cores'], 2)}{sat} | {fmt(row['loadavg'], 2)} |"
                 )
         out.append("")
@@ -343,6 +344,9 @@ def main():
                    " No RSS shows it: what a server leaves to the kernel to hold for a slow"
                    " kiosk is here (the relay bounds its send buffer, SO_SNDBUF 64 KiB on"
                    " loopback; Node leaves it to the kernel's autotuning).")
+        out.append("")
+        out.append("⁴ from the end of the lag until every kiosk had every event (– : not within"
+                   " the drain's 30 s, and then *after* was sampled before every kiosk caught up).")
         out.append("")
 
     out.extend(goals(c, machine_text))

@@ -197,7 +197,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         let warm_start = Instant::now();
         post_all(&options, 0..o.warmup, warm_start, &posted, &tally, &notes).await;
         let expected = posted.accepted.get() * readers_at_load;
-        drain(&tally, expected, o.drain, warm_start).await;
+        drain(&tally, expected, o.drain, true).await;
         let secs = warm_start.elapsed().as_secs_f64();
         tokio::time::sleep(o.settle).await;
         mem_warm = memory(relay);
@@ -220,6 +220,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     let mut own_cpu_load = (None, None);
     let mut mem_peak = None;
     let (mut mem_lagging, mut tcp_lagging) = (None, None);
+    // Seconds from the lag's end until every kiosk had every event (null: not within --drain).
+    let mut catch_up = None;
     if o.events > 0 {
         if let (Some(peak), Some(m)) = (&peak, memory(relay)) {
             peak.reset(m.rss_kib);
@@ -257,7 +259,12 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         let post_secs = load_start.elapsed().as_secs_f64();
         let expected = posted.accepted.get() * readers_at_load;
         let drain_start = Instant::now();
-        drain(&tally, delivered_before + expected, o.drain, lag_ends).await;
+        let lagged = o.stall_for.is_some();
+        let done = drain(&tally, delivered_before + expected, o.drain, !lagged).await;
+        if lagged {
+            catch_up =
+                Some(done.map(|at| round3(at.saturating_duration_since(lag_ends).as_secs_f64())));
+        }
         cpu_load.1 = cpu(relay);
         timeline.abort();
         let timeline = rows.lock().map(|r| r.clone()).unwrap_or_default();
@@ -354,6 +361,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             json!({
                 "kiosks": o.stalled,
                 "stall_s": round3(stall.as_secs_f64()),
+                "caught_up_s": catch_up.flatten(),
                 "kept_per_kiosk_kib": per_kiosk(mem_after.map(|m| m.rss_kib)),
                 "peak_per_kiosk_kib": per_kiosk(mem_peak),
                 "rss_lagging_kib": kib(mem_lagging),
@@ -481,20 +489,24 @@ async fn post_all(
     }
 }
 
-/// Waits until `expected` first deliveries in all arrived, at most `longest`; it ends early
-/// once none arrived for [`DRAIN_QUIET`], counted from `quiet_from` at the earliest (the end
-/// of a lag: the lagging kiosks read nothing before it).
-async fn drain(tally: &Tally, expected: u64, longest: Duration, quiet_from: Instant) {
+/// Waits until `expected` first deliveries in all arrived, at most `longest`, and returns
+/// when they had. With `quiet` it ends early once none arrived for [`DRAIN_QUIET`]; without,
+/// it waits for every one (after a lag: a catch-up may pause longer, and the sample after
+/// the drain must see every kiosk caught up).
+async fn drain(tally: &Tally, expected: u64, longest: Duration, quiet: bool) -> Option<Instant> {
     let start = Instant::now();
-    let (mut last, mut last_change) = (tally.delivered.get(), start.max(quiet_from));
-    while tally.delivered.get() < expected
-        && start.elapsed() < longest
-        && last_change.elapsed() < DRAIN_QUIET
-    {
+    let (mut last, mut last_change) = (tally.delivered.get(), start);
+    loop {
+        if tally.delivered.get() >= expected {
+            return Some(Instant::now());
+        }
+        if start.elapsed() >= longest || (quiet && last_change.elapsed() >= DRAIN_QUIET) {
+            return None;
+        }
         tokio::time::sleep(POLL).await;
         let now = tally.delivered.get();
         if now != last {
-            (last, last_change) = (now, Instant::now().max(quiet_from));
+            (last, last_change) = (now, Instant::now());
         }
     }
 }
