@@ -1,8 +1,9 @@
 # Shared by bench/run.sh, bench/profile-cell.sh and tools/measure-memory.sh (source this file).
 
 # The relay's config for a benchmark: webhook mode (no [directus]), loopback, a port
-# the kernel picks, its own state dir, room for every kiosk; every other limit at its default
-# (kiosk_queue 256: a kiosk that falls further behind is cut off).
+# the kernel picks, its own state dir, room for every kiosk (max_clients, and as many known
+# screens, which the relay requires); every other limit at its default (kiosk_queue 256: a
+# kiosk that falls further behind is cut off).
 #
 #   bench_relay_config STATE_DIR MAX_CLIENTS WEBHOOK_SECRET > relay.toml
 bench_relay_config() {

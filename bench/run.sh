@@ -8,18 +8,29 @@
 #   cells: no kiosks (idle RSS), then N = 1,000 / 5,000 / 10,000 connected kiosks
 #          x  steady (1 event/s for STEADY_SECS)  and  burst (100 events/s for 5 s),
 #          events of 1 KiB (webhook body; the frame a kiosk receives is ~2.2 KB: payload and
-#          record both carry it), each cell against the relay and then the Node server.
+#          record both carry it), each cell against the relay and then the Node server;
+#          then for N in LAG_SIZES, lag: N kiosks, of which LAG_KIOSKS (default N/10) fall
+#          behind and catch up. LAG_WARMUP events at LAG_RATE reach every kiosk first (the warm
+#          sample); then LAG_RATE events/s for LAG_SECS while the lagging kiosks read nothing
+#          (loadgen --stall-for LAG_SECS), then they read again and catch up (200 events behind
+#          with the defaults, below the relay's kiosk_queue of 256, so nobody is cut off). Once
+#          every kiosk has every event and 3 s passed: kept per lagging kiosk = (RSS after −
+#          warm RSS) ÷ LAG_KIOSKS, and the same for the peak while they lagged. Updates cycle
+#          over LAG_WARMUP keys, so the mirror does not grow after the warm sample.
 #   per cell: RSS with N kiosks connected and idle, peak RSS (VmHWM of the fresh process),
 #          p50/p99/max latency (webhook sent -> kiosk read, and from the time the schedule said
 #          to send it, which counts a slow webhook answer too), delivered/lost/dup, server CPU
 #          seconds during the load, server CPU microseconds per delivery, loadgen CPU (cores),
-#          posting rate achieved.
+#          posting rate achieved; for lag cells also the warm RSS and the kept and peak memory
+#          per lagging kiosk.
 #   output: $OUT/results.jsonl (loadgen's JSON line per cell, plus "server", "cell", "phase")
 #           and $OUT/table.md (the matrix, relay/Node ratios and the issue's targets), also
 #           printed at the end.
 #
 # Environment (all optional):
 #   SIZES="1000 5000 10000"  kiosk counts
+#   LAG_SIZES="1000 5000"    kiosk counts of the lag cells ("" for none)
+#   LAG_KIOSKS=N/10  LAG_RATE=20  LAG_SECS=10  LAG_WARMUP=20
 #   STEADY_SECS=20  BURST_RATE=100  BURST_SECS=5  EVENT_BYTES=1KiB
 #   POST_FOR=30              seconds after which loadgen stops posting (loadgen --post-for): a
 #                            server that answers the webhook slowly holds the posters back (the
@@ -39,6 +50,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-1000 5000 10000}
+LAG_SIZES=${LAG_SIZES-1000 5000}
+LAG_RATE=${LAG_RATE:-20}
+LAG_SECS=${LAG_SECS:-10}
+LAG_WARMUP=${LAG_WARMUP:-20}
 STEADY_SECS=${STEADY_SECS:-20}
 BURST_RATE=${BURST_RATE:-100}
 BURST_SECS=${BURST_SECS:-5}
@@ -68,7 +83,7 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 ulimit -n "$(ulimit -Hn)"
 MAX_N=0
-for n in $SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
+for n in $SIZES $LAG_SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((MAX_N + 100)) ] ||
   { echo "ulimit -n is $(ulimit -n), fewer than $((MAX_N + 100)) kiosks need" >&2; exit 1; }
 
@@ -80,6 +95,7 @@ for n in $SIZES; do [ "$n" -gt "$MAX_N" ] && MAX_N=$n; done
   echo "rustc: $(rustc --version)"
   echo "node: $(node --version), socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version' 2>/dev/null || echo "not installed")"
   echo "relay commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (modified)')"
+  echo "relay binary: $(stat -c %s "$BENCH_RELAY" 2>/dev/null || echo '?') bytes"
   echo "ulimit -n: $(ulimit -n)"
 } >"$OUT/machine.txt"
 log "$(tr '\n' ';' <"$OUT/machine.txt")"
@@ -149,6 +165,15 @@ for n in $SIZES; do
   for server in $SERVERS; do
     cell "$server" "burst-$n" burst --kiosks "$n" --settle 3s --rate "$BURST_RATE" --duration "${BURST_SECS}s" \
       --event-bytes "$EVENT_BYTES" --post-for "${POST_FOR}s" --drain 20s
+  done
+done
+for n in $LAG_SIZES; do
+  lagging=${LAG_KIOSKS:-$((n / 10))}
+  KIOSKS=$n
+  for server in $SERVERS; do
+    cell "$server" "lag-$n" lag --kiosks "$((n - lagging))" --stalled "$lagging" --stall-for "${LAG_SECS}s" \
+      --settle 3s --warmup "$LAG_WARMUP" --keys "$LAG_WARMUP" --rate "$LAG_RATE" --duration "${LAG_SECS}s" \
+      --event-bytes "$EVENT_BYTES" --post-for "$((LAG_SECS + POST_FOR))s" --drain 30s
   done
 done
 

@@ -21,6 +21,10 @@ Relay:
 Kiosks:
   --kiosks N                kiosks that read every event (default 10)
   --stalled N               kiosks that connect and then never read their socket again (default 0)
+  --stall-for DURATION      the --stalled kiosks fall behind and catch up instead: they read like
+                            the others until the load begins, stop reading for DURATION, then
+                            read again and catch up; they count as readers (keep DURATION below
+                            the server's ping timeout, 20 s with socket.io's defaults)
   --connect-concurrency N   handshakes in flight at once (default 200)
   --subscribe               send 421[\"subscribe\",{\"collections\":[COLLECTION]}] and wait for its ack;
                             without it kiosks get every collection from the moment they connect
@@ -31,6 +35,9 @@ Load:
   --rate N                  events per second (default 100)
   --events N                events in all (default 0: connect, sample and leave) ...
   --duration DURATION       ... or rate x duration events
+  --warmup N                N more events before the load, at the same rate, delivered to every
+                            kiosk before the warm sample (rss_warm_kib): the relay's first-event
+                            growth (buffers sized to the frame) stays out of what the load adds
   --event-bytes SIZE        webhook body size; the payload's zpad field fills it (default 1KiB)
   --keys N                  update key n mod N (default 0: key n, every event a new item)
   --posters N               keep-alive webhook connections (default 4)
@@ -59,12 +66,14 @@ pub struct Options {
     pub pid: Option<u32>,
     pub kiosks: usize,
     pub stalled: usize,
+    pub stall_for: Option<Duration>,
     pub connect_concurrency: usize,
     pub subscribe: bool,
     pub settle: Duration,
     pub collection: String,
     pub rate: f64,
     pub events: u64,
+    pub warmup: u64,
     pub event_bytes: usize,
     pub keys: u64,
     pub posters: usize,
@@ -84,12 +93,14 @@ impl Default for Options {
             pid: None,
             kiosks: 10,
             stalled: 0,
+            stall_for: None,
             connect_concurrency: 200,
             subscribe: false,
             settle: Duration::from_secs(2),
             collection: "screens".into(),
             rate: 100.0,
             events: 0,
+            warmup: 0,
             event_bytes: 1024,
             keys: 0,
             posters: 4,
@@ -134,6 +145,7 @@ pub fn parse(
             "--pid" => o.pid = Some(number(&flag, &value()?)?),
             "--kiosks" => o.kiosks = number(&flag, &value()?)?,
             "--stalled" => o.stalled = number(&flag, &value()?)?,
+            "--stall-for" => o.stall_for = Some(duration_of(&flag, &value()?)?),
             "--connect-concurrency" => o.connect_concurrency = number(&flag, &value()?)?,
             "--subscribe" => o.subscribe = true,
             "--settle" => o.settle = duration_of(&flag, &value()?)?,
@@ -141,6 +153,7 @@ pub fn parse(
             "--rate" => o.rate = number(&flag, &value()?)?,
             "--events" => events = Some(number(&flag, &value()?)?),
             "--duration" => duration = Some(duration_of(&flag, &value()?)?),
+            "--warmup" => o.warmup = number(&flag, &value()?)?,
             "--event-bytes" => o.event_bytes = size_of(&flag, &value()?)?,
             "--keys" => o.keys = number(&flag, &value()?)?,
             "--posters" => o.posters = number(&flag, &value()?)?,
@@ -165,6 +178,9 @@ pub fn parse(
     }
     if o.events > 0 && o.secret.is_none() {
         return Err("posting events needs the webhook secret: --secret or $LOADGEN_SECRET".into());
+    }
+    if o.warmup > 0 && o.events == 0 {
+        return Err("--warmup needs a load: --events or --duration".into());
     }
     if o.oversize_fragment == Some(0) {
         return Err("--oversize-fragment must be at least 1 byte".into());
@@ -263,6 +279,10 @@ mod tests {
             "--subscribe",
             "--post-for",
             "30s",
+            "--stall-for",
+            "10s",
+            "--warmup",
+            "20",
         ])
         .expect("valid")
         .expect("not help");
@@ -274,17 +294,20 @@ mod tests {
         assert!(o.subscribe);
         assert_eq!(o.post_for, Some(Duration::from_secs(30)));
         assert_eq!(o.token, None);
+        assert_eq!(o.stall_for, Some(Duration::from_secs(10)));
+        assert_eq!(o.warmup, 20);
     }
 
     #[test]
     fn refuses_bad_options() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--events", "10"], "needs the webhook secret"),
             (&["--kiosks"], "needs a value"),
             (&["--kiosks", "many"], "not a number"),
             (&["--url", "https://relay"], "not supported"),
             (&["--event-bytes", "3GB"], "unknown unit"),
             (&["--events", "1", "--duration", "1s"], "not both"),
+            (&["--warmup", "20"], "needs a load"),
         ];
         for (args, words) in cases {
             let error = parse_args(args).expect_err(words);

@@ -1,5 +1,6 @@
 //! Kiosks: a WebSocket per kiosk with the Socket.IO handshake, then either a reader that
-//! records every event or a stalled kiosk that is held without ever being read again.
+//! records every event (one that lags stops reading for a while when the load begins, then
+//! catches up) or a stalled kiosk that is held without ever being read again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,18 +155,52 @@ async fn handshake(options: &Options) -> Result<Ws, ConnectFailure> {
     }
 }
 
+/// When a lagging kiosk stops reading: `None` until the load begins, then the moment it reads
+/// again.
+pub type Lag = watch::Receiver<Option<Instant>>;
+
+/// What a reading kiosk does next.
+enum Next {
+    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Stop,
+    /// Stop reading until then (a lagging kiosk, once).
+    Lag(Instant),
+}
+
 /// Reads until `stop` turns true or the relay ends the connection: answers pings and records
-/// every posted event's latency, duplicates included.
-pub async fn read(mut ws: Ws, tally: Arc<Tally>, mut stop: watch::Receiver<bool>) {
+/// every posted event's latency, duplicates included. With `lag`, stops reading once when the
+/// load begins, until the moment it names, then reads on and catches up.
+pub async fn read(
+    mut ws: Ws,
+    tally: Arc<Tally>,
+    mut stop: watch::Receiver<bool>,
+    mut lag: Option<Lag>,
+) {
     let mut seen = Seen::default();
     let mut delivered = 0;
     loop {
-        let message = tokio::select! {
-            message = ws.next() => message,
-            _ = stop.wait_for(|s| *s) => {
+        let next = tokio::select! {
+            message = ws.next() => Next::Message(message),
+            _ = stop.wait_for(|s| *s) => Next::Stop,
+            until = lag_begins(&mut lag) => Next::Lag(until),
+        };
+        let message = match next {
+            Next::Message(message) => message,
+            Next::Stop => {
                 tally.readers_open.inc();
                 tally.delivered_open.add(delivered);
                 return;
+            }
+            Next::Lag(until) => {
+                lag = None;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => continue,
+                    _ = stop.wait_for(|s| *s) => {
+                        tally.readers_open.inc();
+                        tally.delivered_open.add(delivered);
+                        return;
+                    }
+                }
             }
         };
         let text = match message {
@@ -186,6 +221,17 @@ pub async fn read(mut ws: Ws, tally: Arc<Tally>, mut stop: watch::Receiver<bool>
     if !*stop.borrow() {
         tally.readers_closed.inc();
     }
+}
+
+/// The moment a lagging kiosk reads again, once the load has begun; never for the others.
+async fn lag_begins(lag: &mut Option<Lag>) -> Instant {
+    if let Some(lag) = lag
+        && let Ok(until) = lag.wait_for(Option::is_some).await
+        && let Some(until) = *until
+    {
+        return until;
+    }
+    std::future::pending().await
 }
 
 /// Records one `data.*` event; true when it is a first delivery of a posted event.

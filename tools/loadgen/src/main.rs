@@ -5,12 +5,14 @@
 //! # Layout
 //!
 //! * `args`     — the command line.
-//! * `run`      — the phases: connect, settle, oversized message, load, drain, report.
-//! * `kiosk`    — one kiosk: handshake, reading events, stalling, the oversized message.
+//! * `run`      — the phases: connect, settle, oversized message, warm-up, load (lag), drain,
+//!   report.
+//! * `kiosk`    — one kiosk: handshake, reading events, lagging, stalling, the oversized message.
 //! * `engineio` — Engine.IO / Socket.IO packets over WebSocket text messages.
 //! * `hook`     — a minimal keep-alive HTTP/1.1 client for the webhook and `/metrics`.
 //! * `stats`    — shared counters and the latency histogram.
-//! * `procfs`   — RSS and CPU time of the relay and of the loadgen, the open-files limit.
+//! * `procfs`   — RSS and CPU time of the relay and of the loadgen, the machine's TCP socket
+//!   buffers, the open-files limit.
 //! * `report`   — the JSON line and the table.
 
 mod args;

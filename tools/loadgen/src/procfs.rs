@@ -1,6 +1,6 @@
 //! What the kernel says about a process: resident memory from `/proc/PID/status`, CPU time
 //! from `/proc/PID/stat` (the same user + system time `getrusage` reports), and the open-files
-//! limit.
+//! limit; and the memory of the machine's TCP socket buffers, which no RSS shows.
 
 use std::io;
 use std::sync::Arc;
@@ -67,6 +67,25 @@ fn parse_stat_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The memory of every TCP socket buffer on the machine, both ends of a loopback connection
+/// included (`mem` of the `TCP:` line of `/proc/net/sockstat`, in pages), in KiB.
+pub fn tcp_buffers_kib() -> Option<u64> {
+    let pages = parse_sockstat_tcp_mem(&std::fs::read_to_string("/proc/net/sockstat").ok()?)?;
+    Some(pages * rustix::param::page_size() as u64 / 1024)
+}
+
+fn parse_sockstat_tcp_mem(text: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let mut fields = line.split_whitespace();
+    while let Some(name) = fields.next() {
+        let value = fields.next()?;
+        if name == "mem" {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
 /// Raises the soft open-files limit to the hard one; returns the new soft limit.
 pub fn raise_nofile() -> io::Result<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
@@ -131,6 +150,14 @@ mod tests {
         let stat = "4242 (tokio (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 125 31 0 0 20 0 3 0 100 1000 200";
         assert_eq!(parse_stat_ticks(stat), Some(156));
         assert_eq!(parse_stat_ticks("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn reads_tcp_buffer_pages_from_sockstat() {
+        let sockstat =
+            "sockets: used 290\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 123\nUDP: inuse 1 mem 4\n";
+        assert_eq!(parse_sockstat_tcp_mem(sockstat), Some(123));
+        assert_eq!(parse_sockstat_tcp_mem("UDP: inuse 1 mem 4\n"), None);
     }
 
     #[test]

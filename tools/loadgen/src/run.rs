@@ -1,7 +1,9 @@
 //! One run, in phases: connect every kiosk (bounded concurrency), settle and sample the idle
-//! relay, send the oversized message, post the events at the set rate, wait for the last
+//! relay, send the oversized message, post the warm-up events and sample the warm relay, post
+//! the events at the set rate (lagging kiosks stop reading for a while), wait for the last
 //! deliveries, sample again, read the stalled kiosks' backlogs, and report.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::args::Options;
 use crate::hook;
 use crate::kiosk::{self, ConnectFailure, Tally, Ws};
-use crate::procfs::{Memory, Peak, Proc};
+use crate::procfs::{self, Memory, Peak, Proc};
 use crate::stats::Counter;
 
 /// The drain ends early once no new delivery arrived for this long.
@@ -94,6 +96,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(o.connect_concurrency));
     let (stalled_tx, mut stalled_rx) = mpsc::channel::<Ws>(o.stalled.max(1));
+    // With --stall-for the stalled kiosks are readers that lag once: this says until when.
+    let (lag_tx, lag_rx) = watch::channel(None::<Instant>);
     let connected = Arc::new(Counter::default());
     let refused = Arc::new(Counter::default());
     let failed = Arc::new(Counter::default());
@@ -101,6 +105,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     let mut readers = Vec::with_capacity(o.kiosks);
     for i in 0..total {
         let stalls = i >= o.kiosks;
+        let held = stalls && o.stall_for.is_none();
+        let lag = (stalls && !held).then(|| lag_rx.clone());
         let (options, permits, tally, stop_rx, stalled_tx, notes) = (
             options.clone(),
             permits.clone(),
@@ -119,10 +125,10 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             match result {
                 Ok(ws) => {
                     connected.inc();
-                    if stalls {
+                    if held {
                         stalled_tx.send(ws).await.ok();
                     } else {
-                        kiosk::read(ws, tally, stop_rx).await;
+                        kiosk::read(ws, tally, stop_rx, lag).await;
                     }
                 }
                 Err(ConnectFailure::Refused(why)) => {
@@ -135,7 +141,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
                 }
             }
         });
-        if !stalls {
+        if !held {
             readers.push(task);
         }
     }
@@ -143,7 +149,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     while connected.get() + refused.get() + failed.get() < total as u64 {
         tokio::time::sleep(POLL).await;
     }
-    let mut stalled = Vec::with_capacity(o.stalled);
+    let mut stalled = Vec::new();
     while let Ok(ws) = stalled_rx.try_recv() {
         stalled.push(ws);
     }
@@ -182,11 +188,40 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     // The load.
     let readers_at_load = connected.get().saturating_sub(stalled.len() as u64)
         - tally.readers_closed.get().min(connected.get());
+    let mut warmup = Value::Null;
+    let mut mem_warm = None;
+    let mut metrics_warm = Value::Null;
+    let mut tcp_warm = None;
+    if o.events > 0 && o.warmup > 0 {
+        let posted = Arc::new(Posted::default());
+        let warm_start = Instant::now();
+        post_all(&options, 0..o.warmup, warm_start, &posted, &tally, &notes).await;
+        let expected = posted.accepted.get() * readers_at_load;
+        drain(&tally, expected, o.drain, true).await;
+        let secs = warm_start.elapsed().as_secs_f64();
+        tokio::time::sleep(o.settle).await;
+        mem_warm = memory(relay);
+        tcp_warm = procfs::tcp_buffers_kib();
+        metrics_warm = scrape_metrics(&o).await;
+        warmup = json!({
+            "events": o.warmup,
+            "accepted": posted.accepted.get(),
+            "expected": expected,
+            "delivered": tally.delivered.get(),
+            "secs": round3(secs),
+        });
+        tally.latency.reset();
+        tally.latency_scheduled.reset();
+    }
+    let delivered_before = tally.delivered.get();
     let posted = Arc::new(Posted::default());
     let mut load = Value::Null;
     let mut cpu_load = (None, None);
     let mut own_cpu_load = (None, None);
     let mut mem_peak = None;
+    let (mut mem_lagging, mut tcp_lagging) = (None, None);
+    // Seconds from the lag's end until every kiosk had every event (null: not within --drain).
+    let mut catch_up = None;
     if o.events > 0 {
         if let (Some(peak), Some(m)) = (&peak, memory(relay)) {
             peak.reset(m.rss_kib);
@@ -194,6 +229,10 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         cpu_load.0 = cpu(relay);
         own_cpu_load.0 = Proc::Myself.cpu_seconds().ok();
         let load_start = Instant::now();
+        let lag_ends = load_start + o.stall_for.unwrap_or_default();
+        if o.stall_for.is_some() {
+            lag_tx.send_replace(Some(lag_ends));
+        }
         let rows = Arc::new(Mutex::new(Vec::new()));
         let timeline = tokio::spawn(timeline(
             relay,
@@ -202,43 +241,36 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             (tally.clone(), posted.clone()),
             rows.clone(),
         ));
-        let next = Arc::new(AtomicU64::new(0));
-        let mut posters = Vec::with_capacity(o.posters);
-        for _ in 0..o.posters {
-            let (options, next, posted, tally, notes) = (
-                options.clone(),
-                next.clone(),
-                posted.clone(),
-                tally.clone(),
-                notes.clone(),
-            );
-            posters.push(tokio::spawn(async move {
-                post(&options, load_start, &next, &posted, &tally, &notes).await;
-            }));
-        }
-        for poster in posters {
-            poster.await.ok();
+        let first = o.warmup;
+        post_all(
+            &options,
+            first..first + o.events,
+            load_start,
+            &posted,
+            &tally,
+            &notes,
+        )
+        .await;
+        // The lagging kiosks still read nothing: what they have waiting, in the server and
+        // in the kernel's socket buffers.
+        if o.stall_for.is_some() && Instant::now() < lag_ends {
+            (mem_lagging, tcp_lagging) = (memory(relay), procfs::tcp_buffers_kib());
         }
         let post_secs = load_start.elapsed().as_secs_f64();
         let expected = posted.accepted.get() * readers_at_load;
         let drain_start = Instant::now();
-        let (mut last, mut last_change) = (tally.delivered.get(), Instant::now());
-        while tally.delivered.get() < expected
-            && drain_start.elapsed() < o.drain
-            && last_change.elapsed() < DRAIN_QUIET
-        {
-            tokio::time::sleep(POLL).await;
-            let now = tally.delivered.get();
-            if now != last {
-                (last, last_change) = (now, Instant::now());
-            }
+        let lagged = o.stall_for.is_some();
+        let done = drain(&tally, delivered_before + expected, o.drain, !lagged).await;
+        if lagged {
+            catch_up =
+                Some(done.map(|at| round3(at.saturating_duration_since(lag_ends).as_secs_f64())));
         }
         cpu_load.1 = cpu(relay);
         timeline.abort();
         let timeline = rows.lock().map(|r| r.clone()).unwrap_or_default();
         own_cpu_load.1 = Proc::Myself.cpu_seconds().ok();
         mem_peak = peak.as_ref().map(Peak::get);
-        let delivered = tally.delivered.get();
+        let delivered = tally.delivered.get() - delivered_before;
         let attempted =
             posted.accepted.get() + posted.busy.get() + posted.refused.get() + posted.errors.get();
         load = json!({
@@ -258,7 +290,10 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "lost": expected.saturating_sub(delivered),
             "duplicates": tally.duplicates.get(),
             "foreign_events": tally.foreign.get(),
-            "frame_bytes_avg": tally.bytes.get().checked_div(delivered + tally.duplicates.get()),
+            "frame_bytes_avg": tally
+                .bytes
+                .get()
+                .checked_div(tally.delivered.get() + tally.duplicates.get()),
             "timeline": timeline,
             "latency_ms": {
                 "p50": tally.latency.quantile(0.50) as f64 / 1000.0,
@@ -297,7 +332,8 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     }
     if let Value::Object(load) = &mut load {
         let readers_open = tally.readers_open.get();
-        let expected_open = posted.accepted.get() * readers_open;
+        let warm_accepted = warmup["accepted"].as_u64().unwrap_or(0);
+        let expected_open = (warm_accepted + posted.accepted.get()) * readers_open;
         load.insert("readers_open_at_end".into(), readers_open.into());
         load.insert(
             "lost_by_open_readers".into(),
@@ -308,6 +344,34 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     }
     let own_cpu_end = Proc::Myself.cpu_seconds().ok();
     let mem_end = memory(relay);
+    let lag = match o.stall_for {
+        Some(stall) if o.events > 0 && o.stalled > 0 => {
+            let per_kiosk = |rss_kib: Option<u64>| match (rss_kib, mem_warm) {
+                (Some(rss), Some(warm)) => {
+                    round3((rss as f64 - warm.rss_kib as f64) / o.stalled as f64)
+                }
+                _ => Value::Null,
+            };
+            let tcp_per_kiosk = match (tcp_lagging, tcp_warm) {
+                (Some(lagging), Some(warm)) => {
+                    round3((lagging as f64 - warm as f64) / o.stalled as f64)
+                }
+                _ => Value::Null,
+            };
+            json!({
+                "kiosks": o.stalled,
+                "stall_s": round3(stall.as_secs_f64()),
+                "caught_up_s": catch_up.flatten(),
+                "kept_per_kiosk_kib": per_kiosk(mem_after.map(|m| m.rss_kib)),
+                "peak_per_kiosk_kib": per_kiosk(mem_peak),
+                "rss_lagging_kib": kib(mem_lagging),
+                "tcp_buffers_warm_kib": tcp_warm,
+                "tcp_buffers_lagging_kib": tcp_lagging,
+                "tcp_buffers_per_kiosk_kib": tcp_per_kiosk,
+            })
+        }
+        _ => Value::Null,
+    };
 
     Ok(json!({
         "kiosks": o.kiosks,
@@ -322,7 +386,9 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "failed": failed.get(),
             "secs": round3(connect_secs),
         },
+        "warmup": warmup,
         "load": load,
+        "lag": lag,
         "closed_by_relay": {
             "readers": tally.readers_closed.get(),
             "stalled": stalled_closed,
@@ -333,12 +399,14 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "pid": o.pid,
             "rss_start_kib": kib(mem_start),
             "rss_idle_kib": kib(mem_idle),
+            "rss_warm_kib": kib(mem_warm),
             "rss_peak_load_kib": mem_peak,
             "rss_after_kib": kib(mem_after),
             "rss_end_kib": kib(mem_end),
             "hwm_kib": mem_end.map(|m| m.hwm_kib),
             "cpu_connect_s": seconds(cpu_start, cpu_connected),
             "cpu_load_s": seconds(cpu_load.0, cpu_load.1),
+            "metrics_warm": metrics_warm,
             "metrics": metrics,
         },
         "loadgen_cpu_s": {
@@ -390,10 +458,65 @@ fn loadavg() -> Option<f64> {
         .ok()
 }
 
-/// Takes event numbers until all are posted, each at its slot of the schedule
-/// (`n / rate` seconds after the start), and stamps it with the time it is actually sent.
+/// Posts events `range` from `--posters` connections, each at its slot of the schedule
+/// (`n / rate` seconds after `start`, counting from the range's first event), and returns once
+/// all are posted (or `--post-for` is over).
+async fn post_all(
+    o: &Arc<Options>,
+    range: Range<u64>,
+    start: Instant,
+    posted: &Arc<Posted>,
+    tally: &Arc<Tally>,
+    notes: &Arc<Notes>,
+) {
+    let next = Arc::new(AtomicU64::new(range.start));
+    let mut posters = Vec::with_capacity(o.posters);
+    for _ in 0..o.posters {
+        let (o, range, next, posted, tally, notes) = (
+            o.clone(),
+            range.clone(),
+            next.clone(),
+            posted.clone(),
+            tally.clone(),
+            notes.clone(),
+        );
+        posters.push(tokio::spawn(async move {
+            post(&o, range, start, &next, &posted, &tally, &notes).await;
+        }));
+    }
+    for poster in posters {
+        poster.await.ok();
+    }
+}
+
+/// Waits until `expected` first deliveries in all arrived, at most `longest`, and returns
+/// when they had. With `quiet` it ends early once none arrived for [`DRAIN_QUIET`]; without,
+/// it waits for every one (after a lag: a catch-up may pause longer, and the sample after
+/// the drain must see every kiosk caught up).
+async fn drain(tally: &Tally, expected: u64, longest: Duration, quiet: bool) -> Option<Instant> {
+    let start = Instant::now();
+    let (mut last, mut last_change) = (tally.delivered.get(), start);
+    loop {
+        if tally.delivered.get() >= expected {
+            return Some(Instant::now());
+        }
+        if start.elapsed() >= longest || (quiet && last_change.elapsed() >= DRAIN_QUIET) {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+        let now = tally.delivered.get();
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+}
+
+/// Takes event numbers until all of `range` are posted, each at its slot of the schedule
+/// (`(n - range.start) / rate` seconds after `start`), and stamps it with the time it is
+/// actually sent.
 async fn post(
     o: &Options,
+    range: Range<u64>,
     load_start: Instant,
     next: &AtomicU64,
     posted: &Posted,
@@ -408,10 +531,10 @@ async fn post(
     ];
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= o.events || o.post_for.is_some_and(|d| load_start.elapsed() >= d) {
+        if n >= range.end || o.post_for.is_some_and(|d| load_start.elapsed() >= d) {
             return;
         }
-        let slot = load_start + Duration::from_secs_f64(n as f64 / o.rate);
+        let slot = load_start + Duration::from_secs_f64((n - range.start) as f64 / o.rate);
         tokio::time::sleep_until(slot.into()).await;
         let key = if o.keys == 0 { n } else { n % o.keys };
         let planned = slot.saturating_duration_since(tally.start).as_micros() as u64;

@@ -56,6 +56,15 @@ impl Histogram {
         self.max.fetch_max(micros, Ordering::Relaxed);
     }
 
+    /// Forgets every value recorded so far (the warm-up's, before the load).
+    pub fn reset(&self) {
+        for bucket in &self.buckets {
+            bucket.store(0, Ordering::Relaxed);
+        }
+        self.count.store(0, Ordering::Relaxed);
+        self.max.store(0, Ordering::Relaxed);
+    }
+
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -168,6 +177,10 @@ mod tests {
         assert_eq!(h.quantile(0.99), 7);
         assert_eq!(h.quantile(1.0), 3_000_000);
         assert_eq!(h.max(), 3_000_000);
+        h.reset();
+        assert_eq!((h.count(), h.max(), h.quantile(0.5)), (0, 0, 0));
+        h.record(9);
+        assert_eq!(h.quantile(0.99), 9);
     }
 
     #[test]
