@@ -76,7 +76,14 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         let conn = upgrade.await.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, *parts).await,
+            Ok(conn) => {
+                // Moved out through a local, so that the box is freed now, not with the task.
+                let parts = {
+                    let boxed = parts;
+                    *boxed
+                };
+                on_init(engine.clone(), conn, protocol, sid, parts).await
+            }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
