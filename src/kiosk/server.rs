@@ -31,10 +31,10 @@ use crate::hub::{
 };
 use crate::metrics::{self, Metrics};
 
-/// How much of a kiosk's WebSocket tungstenite reads at once. Every kiosk keeps a buffer of
-/// this size for as long as it is connected, and tungstenite zero-fills it before each read, so
-/// all of it is resident. What kiosks send is small: pongs of a few bytes, the connect packet
-/// and `subscribe` (tens to hundreds of bytes); a larger message only takes more reads.
+/// How much of a kiosk's WebSocket tungstenite reads at once. tungstenite zero-fills the buffer
+/// before each read, so all of it is resident while a kiosk is being read; an idle kiosk gives
+/// it back (vendor/README.md). What kiosks send is small: pongs of a few bytes, the connect
+/// packet and `subscribe` (tens to hundreds of bytes); a larger message only takes more reads.
 /// engineioxide's default, 4,096, cost 3.5 KiB more per kiosk.
 const WS_READ_BUFFER_BYTES: usize = 512;
 

@@ -195,6 +195,10 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
+                } else if self.in_buffer.capacity() == 0 {
+                    // directus-relay patch 3: the buffer was given back while the connection
+                    // was idle; read as much at once as a new connection does.
+                    self.in_buffer.reserve(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -243,6 +247,15 @@ impl FrameCodec {
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
+        // directus-relay patch 3: a connection with nothing more to read and nothing buffered
+        // gives its read buffer back instead of keeping it while idle (a server with thousands
+        // of mostly idle connections keeps one each); the next read allocates it again.
+        if self.in_buffer.is_empty()
+            && self.header.is_none()
+            && matches!(&size, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.in_buffer = BytesMut::new();
+        }
         size
     }
 
@@ -504,6 +517,63 @@ mod tests {
         assert!(before >= 10 * 1000);
         codec.write_out_buffer(&mut peer).unwrap();
         assert_eq!(codec.out_buffer.capacity(), before, "small writes keep their buffer");
+    }
+
+    /// A stream that has some chunks to read, then would block.
+    struct Chunks {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        reads: usize,
+    }
+
+    impl std::io::Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            let Some(chunk) = self.chunks.front_mut() else {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Text), true);
+        frame.set_random_mask();
+        formatted(frame)
+    }
+
+    // directus-relay patch 3
+    #[test]
+    fn an_idle_connection_gives_its_read_buffer_back() {
+        let mut codec = FrameCodec::new(512);
+        let mut stream = Chunks { chunks: [masked_text(b"40{}")].into(), reads: 0 };
+        let frame = codec.read_frame(&mut stream, None, true, false).unwrap().unwrap();
+        assert_eq!(frame.payload(), b"40{}");
+        let read = codec.read_frame(&mut stream, None, true, false);
+        assert!(matches!(read, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock));
+        assert_eq!(codec.in_buffer.capacity(), 0, "nothing to read: no buffer kept");
+
+        // The next message is read whole in one read, as by a new connection, and a message
+        // split across reads still arrives whole.
+        let message = masked_text(&[b'x'; 300]);
+        stream.chunks.push_back(message.clone());
+        stream.reads = 0;
+        let frame = codec.read_frame(&mut stream, None, true, false).unwrap().unwrap();
+        assert_eq!(frame.payload(), &[b'x'; 300][..]);
+        assert_eq!(stream.reads, 1);
+        let (first, rest) = message.split_at(5);
+        stream.chunks.push_back(first.to_vec());
+        let read = codec.read_frame(&mut stream, None, true, false);
+        assert!(matches!(read, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock));
+        assert!(codec.in_buffer.capacity() > 0, "a partial frame keeps the buffer");
+        stream.chunks.push_back(rest.to_vec());
+        let frame = codec.read_frame(&mut stream, None, true, false).unwrap().unwrap();
+        assert_eq!(frame.payload(), &[b'x'; 300][..]);
     }
 
     // directus-relay patch 2
