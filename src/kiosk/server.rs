@@ -40,9 +40,9 @@ const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// How much of a kiosk's outgoing frames tungstenite gathers before it writes them: events
 /// queued while a write is under way go out together, up to this. A kiosk that falls behind
-/// holds this much (plus one frame) in its write buffer; once written, a buffer that grew past
-/// it is given back (vendor/README.md). tungstenite's default, 128 KiB, kept ~140 KiB per kiosk
-/// that had fallen behind, for good.
+/// holds this much (plus one frame) in its write buffer; once written, the buffer is given
+/// back (vendor/README.md). tungstenite's default, 128 KiB, kept ~140 KiB per kiosk that had
+/// fallen behind, for good.
 const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The Socket.IO builder with the relay's bounds: the per-kiosk queue, the largest message

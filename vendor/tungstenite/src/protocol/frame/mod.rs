@@ -318,10 +318,11 @@ impl FrameCodec {
         }
         self.out_buffer.clear();
         self.out_buffer_written = 0;
-        // directus-relay patch 1: a buffer that grew past the write buffer size for a large
-        // message (or while the peer was not reading) is given back once it is written,
-        // instead of being kept at its largest size for the life of the connection.
-        if self.out_buffer.capacity() > self.out_buffer_write_len.max(MIN_KEPT_OUT_BUFFER) {
+        // directus-relay patch 1: once everything is written the buffer is given back, instead
+        // of being kept at its largest size for the life of the connection (a large message, or
+        // a peer that did not read for a while, made it grow). The next frames allocate one of
+        // their size: one allocation per batch written, against a write to the stream each.
+        if self.out_buffer.capacity() > 0 {
             self.out_buffer = Vec::new();
         }
 
@@ -329,9 +330,6 @@ impl FrameCodec {
     }
 }
 
-/// The capacity of the out buffer that is always kept once written (directus-relay patch 1),
-/// even when the write buffer size is smaller: a few ordinary frames.
-const MIN_KEPT_OUT_BUFFER: usize = 8 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -506,17 +504,24 @@ mod tests {
 
     // directus-relay patch 1
     #[test]
-    fn out_buffer_within_the_write_buffer_size_is_kept() {
+    fn out_buffer_of_small_frames_is_given_back_once_written() {
         let mut codec = FrameCodec::new(4096);
         codec.set_out_buffer_write_len(128 * 1024);
         let mut peer = SlowPeer::new(usize::MAX, usize::MAX);
+        let mut expected = Vec::new();
         for seed in 0..10 {
+            expected.extend(formatted(binary(1000, seed)));
             codec.buffer_frame(&mut peer, binary(1000, seed)).unwrap();
         }
-        let before = codec.out_buffer.capacity();
-        assert!(before >= 10 * 1000);
+        assert!(codec.out_buffer.capacity() >= 10 * 1000, "batched until written");
         codec.write_out_buffer(&mut peer).unwrap();
-        assert_eq!(codec.out_buffer.capacity(), before, "small writes keep their buffer");
+        assert_eq!(peer.received, expected);
+        assert_eq!(codec.out_buffer.capacity(), 0, "nothing kept once written");
+        // And the next frame goes out as before.
+        codec.buffer_frame(&mut peer, binary(10, 99)).unwrap();
+        codec.write_out_buffer(&mut peer).unwrap();
+        expected.extend(formatted(binary(10, 99)));
+        assert_eq!(peer.received, expected);
     }
 
     /// A stream that has some chunks to read, then would block.
