@@ -365,14 +365,12 @@ where
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
         if path == SOCKET_IO_PATH || path.starts_with(&format!("{SOCKET_IO_PATH}/")) {
-            match query_param(req.uri().query(), "sid") {
-                // The request that opens a session: the one whose parts socketioxide keeps.
-                None => detach_head(&mut req),
-                Some(sid) => {
-                    if query_param(req.uri().query(), "transport") == Some("websocket") {
-                        self.connection.upgrades.register(sid, &self.connection);
-                    }
-                }
+            // A request that opens a session is cut down to what the session keeps in
+            // `kiosk::pending::Gate`, in front of socketioxide, once every check before it ran.
+            if let Some(sid) = query_param(req.uri().query(), "sid")
+                && query_param(req.uri().query(), "transport") == Some("websocket")
+            {
+                self.connection.upgrades.register(sid, &self.connection);
             }
         }
         req.extensions_mut().insert(self.connection.clone());
@@ -388,34 +386,47 @@ where
     }
 }
 
-/// Copies a request's URI and header values out of the connection's read buffer.
+/// The request headers a session keeps: engineioxide answers the WebSocket handshake with the
+/// key, and the fleet shows a screen's user agent. Nothing reads any other header of a
+/// session's request once it is open.
+const SESSION_HEADERS: [http::header::HeaderName; 2] =
+    [http::header::SEC_WEBSOCKET_KEY, http::header::USER_AGENT];
+
+/// Cuts a request that opens a session down to what the session keeps, copied out of the
+/// connection's read buffer: its URI and [`SESSION_HEADERS`].
 ///
-/// hyper parses them as slices of that buffer (8–16 KiB), and socketioxide keeps the parts of
-/// the request that opened a session (the one without a `sid`; polls and upgrades of a
-/// session are not kept, so they are not copied) for as long as the kiosk is connected: without the copy
-/// every kiosk kept its whole handshake read buffer alive, about half of the relay's memory per
-/// idle kiosk. The copy is one allocation of the head's size (a few hundred bytes).
-fn detach_head<B>(req: &mut Request<B>) {
+/// socketioxide keeps the parts of the request that opened a session (the one without a
+/// `sid`; polls and upgrades of a session are not kept) for as long as the kiosk is connected.
+/// hyper parses the URI and header values as slices of the connection's read buffer (8–16
+/// KiB): without the copy every kiosk kept its whole handshake read buffer alive, about half of
+/// the relay's memory per idle kiosk. And a browser sends a dozen headers or more (accept,
+/// languages, cookies, fetch metadata), a kilobyte or two that the session never reads: it
+/// keeps two, in one allocation of their size.
+pub fn detach_head<B>(req: &mut Request<B>) {
     if let Ok(uri) = http::Uri::try_from(req.uri().to_string()) {
         *req.uri_mut() = uri;
     }
-    let headers = req.headers_mut();
-    let size = headers.values().map(|v| v.len()).sum();
+    let kept: Vec<_> = SESSION_HEADERS
+        .iter()
+        .filter_map(|name| Some((name, req.headers().get(name)?)))
+        .collect();
+    let size = kept.iter().map(|(_, v)| v.len()).sum();
     let mut copy = bytes::BytesMut::with_capacity(size);
-    for value in headers.values() {
+    for (_, value) in &kept {
         copy.extend_from_slice(value.as_bytes());
     }
     let copy = copy.freeze();
+    let mut headers = http::HeaderMap::with_capacity(kept.len());
     let mut start = 0;
-    for value in headers.values_mut() {
+    for (name, value) in kept {
         let end = start + value.len();
         // The bytes were a valid value already; should it fail anyway, the original stays.
-        if let Ok(mut detached) = http::HeaderValue::from_maybe_shared(copy.slice(start..end)) {
-            detached.set_sensitive(value.is_sensitive());
-            *value = detached;
-        }
+        let detached = http::HeaderValue::from_maybe_shared(copy.slice(start..end))
+            .unwrap_or_else(|_| value.clone());
+        headers.insert(name.clone(), detached);
         start = end;
     }
+    *req.headers_mut() = headers;
 }
 
 /// What the accept loop serves: plain TCP, or TLS over TCP.
@@ -713,11 +724,12 @@ mod tests {
     }
 
     /// What socketioxide keeps of a kiosk's request no longer points into the buffer hyper
-    /// read it into.
+    /// read it into, and holds only the headers the session reads.
     #[test]
     fn a_socket_io_request_head_is_copied_out_of_the_read_buffer() {
         let buffer = bytes::Bytes::from(
-            b"/socket.io/?EIO=4&transport=websocket dGhlIHNhbXBsZSBub25jZQ== secret".to_vec(),
+            b"/socket.io/?EIO=4&transport=websocket dGhlIHNhbXBsZSBub25jZQ== secret kiosk/1"
+                .to_vec(),
         );
         let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
         let mut req = Request::builder()
@@ -729,6 +741,8 @@ mod tests {
         token.set_sensitive(true);
         req.headers_mut().insert("sec-websocket-key", key);
         req.headers_mut().insert(http::header::AUTHORIZATION, token);
+        let agent = http::HeaderValue::from_maybe_shared(buffer.slice(70..77)).expect("agent");
+        req.headers_mut().insert(http::header::USER_AGENT, agent);
         assert!(inside(
             req.headers()["sec-websocket-key"].as_bytes().as_ptr()
         ));
@@ -740,8 +754,12 @@ mod tests {
             req.headers()["sec-websocket-key"],
             "dGhlIHNhbXBsZSBub25jZQ=="
         );
-        assert_eq!(req.headers()[http::header::AUTHORIZATION], "secret");
-        assert!(req.headers()[http::header::AUTHORIZATION].is_sensitive());
+        assert_eq!(req.headers()[http::header::USER_AGENT], "kiosk/1");
+        assert!(
+            req.headers().get(http::header::AUTHORIZATION).is_none(),
+            "no session reads it"
+        );
+        assert_eq!(req.headers().len(), 2);
         let uri = req.uri().path_and_query().expect("path").as_str();
         assert!(!inside(uri.as_ptr()));
         for value in req.headers().values() {

@@ -22,7 +22,7 @@ use http_body_util::{Either, Full};
 use socketioxide::extract::SocketRef;
 use tracing::debug;
 
-use crate::connection::opens_session;
+use crate::connection::{detach_head, opens_session};
 use prometheus_client::metrics::counter::Counter;
 
 /// What a refused session opener reads.
@@ -141,6 +141,7 @@ where
             match self.sessions.try_open() {
                 Some(permit) => {
                     req.extensions_mut().insert(permit);
+                    detach_head(&mut req);
                 }
                 None => {
                     self.sessions.refused.inc();
