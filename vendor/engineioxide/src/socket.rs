@@ -67,9 +67,9 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
+use futures_util::FutureExt as _;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use futures_util::FutureExt as _;
 use tokio::sync::{
     Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
@@ -373,7 +373,11 @@ where
     ///
     /// If the client or server does not respond within the timeout, the connection is closed.
     #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    pub(crate) async fn heartbeat_job(
+        &self,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         match self.protocol {
             ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
             ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
@@ -384,7 +388,11 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    pub(crate) async fn heartbeat_job(
+        &self,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         self.heartbeat_job_v4(interval, timeout).await
     }
 
@@ -798,7 +806,10 @@ mod tests {
             assert_eq!(PacketBuf::from(ping).as_slice(), [Packet::Ping]);
             socket.heartbeat.notify_one();
         }
-        assert!(!job.is_finished(), "the job ended while the client answered");
+        assert!(
+            !job.is_finished(),
+            "the job ended while the client answered"
+        );
         // Then stop answering.
         let ended = tokio::time::timeout(Duration::from_secs(10), job)
             .await
