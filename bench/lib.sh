@@ -22,6 +22,7 @@ name = "screens"
 [clients]
 allowed_origins = ["*"]
 allow_anonymous = true
+# The fleet list must hold every connected screen (config validation).
 max_screens = $2
 
 [limits]

@@ -19,7 +19,8 @@ ALL_TARGETS=(
   arm-unknown-linux-musleabihf    # every Pi with a 32-bit OS, including Zero/Zero W/1 (ARMv6)
   x86_64-unknown-linux-musl       # PCs, CI
 )
-# Built with -Zbuild-std (std compiled from source with the release profile, so at opt-level z):
+# Built with -Zbuild-std (std compiled from source with the release profile, so at opt-level z,
+# the level of Cargo.toml's "*"):
 # the 32-bit ARM ones because rustup has no std for them; x86_64 because its prebuilt std
 # (opt-level 3) plus ring's x86 assembly came to 4,442,864 bytes; with std from source, 4,336,152;
 # without std's backtrace symbolizer 4,281,824; without unwind tables (below) 3,677,280.
@@ -37,9 +38,15 @@ NO_RUSTUP_STD=" armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf "
 # its backend emits the CFI anyway, and rustup's prebuilt std brings its own). RELEASE_RUSTFLAGS
 # overrides.
 RELEASE_RUSTFLAGS=${RELEASE_RUSTFLAGS--C force-unwind-tables=no}
-# opt-level: Cargo.toml's release profile ("z", chosen by measurement: BENCHMARKS.md, "Choosing
-# opt-level"); CARGO_PROFILE_RELEASE_OPT_LEVEL overrides it for every target.
+# RELEASE_CARGO_CONFIG: a TOML file handed to cargo as --config, to try another release profile
+# (per-package opt-levels, lto) without editing Cargo.toml (tools/opt-level-sweep.sh).
+RELEASE_CARGO_CONFIG=${RELEASE_CARGO_CONFIG:-}
+# opt-level: Cargo.toml's release profile ("s" for the relay and the LTO pass, 3 for the crates
+# on the delivery path, "z" for the rest, chosen by measurement: BENCHMARKS.md, "Choosing
+# opt-level"); CARGO_PROFILE_RELEASE_OPT_LEVEL overrides the profile's own level for every
+# target, not the per-package ones (tools/opt-level-sweep.sh sets those too).
 opt_level=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-$(sed -n '/^\[profile.release\]/,/^\[/s/^opt-level = "\(.*\)"$/\1/p' Cargo.toml)}
+[ -z "$RELEASE_CARGO_CONFIG" ] || opt_level=$(basename "$RELEASE_CARGO_CONFIG" .toml)
 # Every stripped binary must stay under this: the relay goes onto SD cards, which do not miss
 # a few MB, while a Pi Zero's CPU misses every cycle (6 MiB since the files cache, the kiosk app
 # and the fleet; it was 4 MiB).
@@ -96,6 +103,7 @@ for t in "${targets[@]}"; do
   case "$BUILD_STD_TARGETS" in *" $t "*) target_dir=$target_dir/build-std ;; esac
   args=(zigbuild --locked --release -j "$JOBS" -p directus-relay --bin directus-relay
     --target "$t" --target-dir "$target_dir")
+  [ -z "$RELEASE_CARGO_CONFIG" ] || args+=(--config "$RELEASE_CARGO_CONFIG")
   rustflags=$RELEASE_RUSTFLAGS
   case "$NO_RUSTUP_STD" in
     # rustc's self-contained crt objects come with rustup's std; zig provides musl's.

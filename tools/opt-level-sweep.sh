@@ -8,6 +8,10 @@
 #
 #   bash tools/opt-level-sweep.sh                 # build, then bench
 #   PHASES=build bash tools/opt-level-sweep.sh    # or PHASES=bench (reuses $OUT/bin)
+#   LEVELS="z hots hot" bash tools/opt-level-sweep.sh  # release profiles from tools/opt-profiles
+#
+# A level is an opt-level for every crate (z s 2 3) or the name of a file in tools/opt-profiles,
+# a release profile with per-package opt-levels handed to cargo as --config.
 #
 # Environment (all optional):
 #   LEVELS="z s 2 3"  TARGETS="x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
@@ -35,7 +39,19 @@ case " $PHASES " in *" build "*)
     for t in $TARGETS; do
       log "opt-level $level, $t"
       start=$SECONDS
-      CARGO_PROFILE_RELEASE_OPT_LEVEL=$level RELEASE_TARGET_DIR=$CACHE/opt-$level NO_DEB=1 \
+      # A level with a file tools/opt-profiles/<level>.toml is that release profile (cargo
+      # --config: per-package opt-levels, lto); any other is an opt-level for every crate, also
+      # those Cargo.toml gives a level of their own ([profile.release.package.*]).
+      profile=tools/opt-profiles/$level.toml
+      if [ ! -f "$profile" ]; then
+        profile=$OUT/$level.toml
+        v=$level; case $v in [0-9]) ;; *) v="\"$v\"" ;; esac
+        { printf '[profile.release]\nopt-level = %s\n' "$v"
+          sed -n 's/^\[profile\.release\.package\.\(.*\)\]$/\1/p' Cargo.toml |
+            while read -r pkg; do printf '[profile.release.package.%s]\nopt-level = %s\n' "$pkg" "$v"; done
+        } >"$profile"
+      fi
+      RELEASE_CARGO_CONFIG=$profile RELEASE_TARGET_DIR=$CACHE/opt-$level NO_DEB=1 \
         bash release/build.sh "$t" || log "build.sh failed for $level $t (over the size limit?)"
       secs=$((SECONDS - start))
       bin="target/release-artifacts/directus-relay-$version-$t"
@@ -79,22 +95,23 @@ for f in sorted(out.glob("bench/*/results.jsonl")):
             continue
         cells.setdefault((level, r["phase"]), []).append((
             1e6 * relay["cpu_load_s"] / load["delivered"],
+            1e6 * (relay.get("cpu_load_user_s") or float("nan")) / load["delivered"],
             load["latency_ms"]["p99"],
             load["delivered"] / max(load.get("expected") or 1, 1),
             (r.get("loadavg_1m") or {}).get("end"),
         ))
 def span(xs, digits):
     return f"{statistics.median(xs):.{digits}f} ({min(xs):.{digits}f}–{max(xs):.{digits}f})"
-print("| opt-level | cell | runs | CPU µs/delivery, median (min–max) | p99 ms, median (min–max) | delivered | load avg |")
-print("|---|---|---|---|---|---|---|")
+print("| opt-level | cell | runs | CPU µs/delivery, median (min–max) | of which user | p99 ms, median (min–max) | delivered | load avg |")
+print("|---|---|---|---|---|---|---|---|")
 for level in levels:
     for phase in ("steady", "burst"):
         rows = cells.get((level, phase), [])
         if not rows:
-            print(f"| {level} | {phase} | 0 | – | – | – | – |")
+            print(f"| {level} | {phase} | 0 | – | – | – | – | – |")
             continue
-        cpu, p99, share, load = zip(*rows)
-        print(f"| {level} | {phase} | {len(rows)} | {span(cpu, 1)} | {span(p99, 1)} | "
+        cpu, user, p99, share, load = zip(*rows)
+        print(f"| {level} | {phase} | {len(rows)} | {span(cpu, 1)} | {span(user, 1)} | {span(p99, 1)} | "
               f"{100 * min(share):.1f}% min | {', '.join(str(l) for l in load)} |")
 EOF
   cat "$OUT/summary.md"

@@ -61,6 +61,10 @@ fn cpu(relay: Option<Proc>) -> Option<f64> {
     relay.and_then(|p| p.cpu_seconds().ok())
 }
 
+fn user_cpu(relay: Option<Proc>) -> Option<f64> {
+    relay.and_then(|p| p.cpu_split().ok()).map(|(user, _)| user)
+}
+
 fn kib(m: Option<Memory>) -> Value {
     m.map_or(Value::Null, |m| m.rss_kib.into())
 }
@@ -217,6 +221,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
     let posted = Arc::new(Posted::default());
     let mut load = Value::Null;
     let mut cpu_load = (None, None);
+    let mut user_cpu_load = (None, None);
     let mut own_cpu_load = (None, None);
     let mut mem_peak = None;
     let (mut mem_lagging, mut tcp_lagging) = (None, None);
@@ -227,6 +232,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             peak.reset(m.rss_kib);
         }
         cpu_load.0 = cpu(relay);
+        user_cpu_load.0 = user_cpu(relay);
         own_cpu_load.0 = Proc::Myself.cpu_seconds().ok();
         let load_start = Instant::now();
         let lag_ends = load_start + o.stall_for.unwrap_or_default();
@@ -266,6 +272,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
                 Some(done.map(|at| round3(at.saturating_duration_since(lag_ends).as_secs_f64())));
         }
         cpu_load.1 = cpu(relay);
+        user_cpu_load.1 = user_cpu(relay);
         timeline.abort();
         let timeline = rows.lock().map(|r| r.clone()).unwrap_or_default();
         own_cpu_load.1 = Proc::Myself.cpu_seconds().ok();
@@ -407,6 +414,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             "cpu_connect_s": seconds(cpu_start, cpu_connected),
             "cpu_load_s": seconds(cpu_load.0, cpu_load.1),
             "metrics_warm": metrics_warm,
+            "cpu_load_user_s": seconds(user_cpu_load.0, user_cpu_load.1),
             "metrics": metrics,
         },
         "loadgen_cpu_s": {
