@@ -73,7 +73,6 @@ use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -204,15 +203,44 @@ pub(crate) struct InternalRx {
     /// A packet taken from the channel that did not fit in the last polling response. Boxed
     /// (directus-relay patch 1): inline, every socket kept 176 bytes for it.
     pub peeked_packet: Option<Box<PacketBuf>>,
-    pub volatile_rx: watch::Receiver<Option<Queued>>,
 }
 
 impl InternalRx {
-    fn new(buffered_rx: Receiver<Queued>, volatile_rx: watch::Receiver<Option<Queued>>) -> Self {
+    fn new(buffered_rx: Receiver<Queued>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
+        }
+    }
+}
+
+/// The latest volatile packets for the client, and a wake-up for the transport that writes
+/// them: only the latest is kept, a later one replaces it.
+///
+/// directus-relay patch 6 (vendor/README.md): this was a `watch` channel, whose shared state
+/// (~380 bytes) every socket allocated, though most servers never send a volatile packet.
+#[derive(Debug, Default)]
+pub(crate) struct Volatile {
+    latest: std::sync::Mutex<Option<Queued>>,
+    ready: Notify,
+}
+
+impl Volatile {
+    fn set(&self, packets: Queued) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(packets);
+        // Kept as the one permit when the transport is not waiting.
+        self.ready.notify_one();
+    }
+
+    /// The latest packets set since the last call; waits for some. Cancel safe: packets are
+    /// taken only when they are returned.
+    pub(crate) async fn next(&self) -> Queued {
+        loop {
+            let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(packets) = latest {
+                return packets;
+            }
+            self.ready.notified().await;
         }
     }
 }
@@ -260,9 +288,9 @@ where
     pub(crate) internal_tx: mpsc::Sender<Queued>,
 
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<Queued>>,
+    /// Only the latest volatile message is retained; subsequent volatile sends overwrite the
+    /// previous one.
+    pub(crate) volatile: Volatile,
 
     /// Tells the heartbeat job, which runs in a separate task, that a Pong (v4 protocol) or a
     /// Ping (v3 protocol) came from the client; kept for the job when it is not waiting.
@@ -299,7 +327,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -307,10 +334,10 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -602,7 +629,8 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets.into())).is_ok()
+        self.volatile.set(packets.into());
+        true
     }
 }
 
@@ -662,7 +690,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -670,10 +697,10 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -816,6 +843,31 @@ mod tests {
             .expect("the job did not time out")
             .expect("the job panicked");
         assert!(matches!(ended, Err(Error::HeartbeatTimeout)), "{ended:?}");
+    }
+
+    /// directus-relay patch 6: the transport gets the latest volatile packets, whether they
+    /// were set before it waited or while it waits, and each only once.
+    #[tokio::test]
+    async fn the_latest_volatile_packets_are_taken_once() {
+        let socket = Arc::new(socket(4));
+        let message = |q: Queued| match q {
+            Queued::Message(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(socket.emit_volatile("old"));
+        assert!(socket.emit_volatile("new"));
+        assert_eq!(message(socket.volatile.next().await), Str::from("new"));
+        let waiting = tokio::spawn({
+            let socket = socket.clone();
+            async move { message(socket.volatile.next().await) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing new to take");
+        assert!(socket.emit_volatile("later"));
+        assert_eq!(waiting.await.unwrap(), Str::from("later"));
+        let nothing =
+            tokio::time::timeout(Duration::from_millis(50), socket.volatile.next()).await;
+        assert!(nothing.is_err(), "taken once");
     }
 
     /// directus-relay patch 2: `buffered` counts what waits (reserved places too), up to

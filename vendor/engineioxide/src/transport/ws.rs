@@ -366,15 +366,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
 
     enum Next {
         Buffered(Queued),
-        Volatile(Option<Queued>),
+        Volatile(Queued),
     }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
@@ -386,7 +382,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 None => break,
             },
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => Next::Volatile(volatile_rx.borrow_and_update().clone()),
+            packets = socket.volatile.next() => Next::Volatile(packets),
         };
         match next {
             Next::Buffered(packets) => {
@@ -395,12 +391,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     write_queued(&mut tx, &socket, packets).await;
                 }
             }
-            Next::Volatile(Some(packets)) => {
+            Next::Volatile(packets) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = ?socket.id, "ws volatile flush");
                 write_queued(&mut tx, &socket, packets).await;
             }
-            Next::Volatile(None) => {}
         }
 
         #[cfg(feature = "tracing")]
