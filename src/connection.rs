@@ -393,7 +393,7 @@ const SESSION_HEADERS: [http::header::HeaderName; 2] =
     [http::header::SEC_WEBSOCKET_KEY, http::header::USER_AGENT];
 
 /// Cuts a request that opens a session down to what the session keeps, copied out of the
-/// connection's read buffer: its URI and [`SESSION_HEADERS`].
+/// connection's read buffer: its URI and the headers in `SESSION_HEADERS`.
 ///
 /// socketioxide keeps the parts of the request that opened a session (the one without a
 /// `sid`; polls and upgrades of a session are not kept) for as long as the kiosk is connected.

@@ -127,18 +127,15 @@ async fn assert_closed_soon(mut ws: Ws) {
     );
 }
 
-async fn a_kiosk_that_stops_reading_is_cut_off(connect_slow: impl AsyncFnOnce(&Relay) -> Ws) {
-    let relay = Relay::start(&config("[limits]\nkiosk_queue = 16")).await;
-    let mut steady = Kiosk::connect(&relay).await;
-    steady.expect("relay.status").await;
-    let slow = connect_slow(&relay).await;
-
+/// Creates item 1, then updates it with `PAYLOAD_BYTES` of filler until the relay has cut a
+/// kiosk off, calling `after_each` after every change; returns the number of changes.
+async fn post_until_a_kiosk_is_cut_off(relay: &Relay, mut after_each: impl AsyncFnMut()) -> u64 {
     let filler = "x".repeat(PAYLOAD_BYTES);
     relay
         .change(&hook("screens", "create", json!(1), json!({"n": 0})))
         .await;
     let mut posted = 1;
-    while overflows(&relay).await == 0 {
+    while overflows(relay).await == 0 {
         assert!(
             posted < MAX_CHANGES,
             "{posted} changes did not fill a queue of 16"
@@ -152,7 +149,18 @@ async fn a_kiosk_that_stops_reading_is_cut_off(connect_slow: impl AsyncFnOnce(&R
             ))
             .await;
         posted += 1;
+        after_each().await;
     }
+    posted
+}
+
+async fn a_kiosk_that_stops_reading_is_cut_off(connect_slow: impl AsyncFnOnce(&Relay) -> Ws) {
+    let relay = Relay::start(&config("[limits]\nkiosk_queue = 16")).await;
+    let mut steady = Kiosk::connect(&relay).await;
+    steady.expect("relay.status").await;
+    let slow = connect_slow(&relay).await;
+
+    let posted = post_until_a_kiosk_is_cut_off(&relay, async || {}).await;
     assert_eq!(overflows(&relay).await, 1, "one kiosk cut off, once");
     assert_closed_soon(slow).await;
 
@@ -199,27 +207,13 @@ async fn a_screen_that_stops_reading_shows_its_queue_depth() {
     };
     assert_eq!(queue().await, (Some(0), Some(false)), "nothing queued yet");
 
-    let filler = "x".repeat(PAYLOAD_BYTES);
     let mut depths = Vec::new();
-    let mut posted = 0;
-    while overflows(&relay).await == 0 {
-        assert!(
-            posted < MAX_CHANGES,
-            "{posted} changes did not fill a queue of 16"
-        );
-        relay
-            .change(&hook(
-                "screens",
-                "create",
-                json!(posted),
-                json!({"n": posted, "filler": filler}),
-            ))
-            .await;
-        posted += 1;
+    post_until_a_kiosk_is_cut_off(&relay, async || {
         if let (Some(depth), _) = queue().await {
             depths.push(depth);
         }
-    }
+    })
+    .await;
     assert!(
         depths.iter().any(|&d| d > 0),
         "the queue never showed an event waiting: {depths:?}"
