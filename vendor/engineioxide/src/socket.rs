@@ -64,16 +64,17 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{
+    config::EngineIoConfig,
+    errors::Error,
+    queue::{Queue, QueuePermit},
+};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt as _;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex, Notify,
-    mpsc::{self, Receiver, error::TrySendError},
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 use tokio_util::{future::FutureExt as _, sync::CancellationToken};
@@ -158,7 +159,7 @@ impl From<Queued> for PacketBuf {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, Queued>,
+    inner: QueuePermit<'a>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
@@ -197,18 +198,17 @@ impl Permit<'_> {
     }
 }
 
+/// What the transport that reads the socket's packets holds, under the socket's lock.
 #[derive(Debug)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<Queued>,
     /// A packet taken from the channel that did not fit in the last polling response. Boxed
     /// (directus-relay patch 1): inline, every socket kept 176 bytes for it.
     pub peeked_packet: Option<Box<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(buffered_rx: Receiver<Queued>) -> Self {
+    fn new() -> Self {
         Self {
-            buffered_rx,
             peeked_packet: None,
         }
     }
@@ -285,7 +285,10 @@ where
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<Queued>,
+    ///
+    /// directus-relay patch 7: a [`Queue`] inside the socket, where a `tokio::sync::mpsc`
+    /// channel allocated 1.5 KiB for every socket.
+    pub(crate) internal_tx: Queue,
 
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Only the latest volatile message is retained; subsequent volatile sends overwrite the
@@ -326,7 +329,7 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
+        let internal_tx = Queue::new(config.max_buffer_size);
 
         Self {
             id: Sid::new(),
@@ -334,7 +337,7 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
+            internal_rx: Mutex::new(InternalRx::new()),
             internal_tx,
 
             volatile: Volatile::default(),
@@ -689,7 +692,7 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
+        let internal_tx = Queue::new(buffer_size);
 
         let sock = Self {
             id: sid,
@@ -697,7 +700,7 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
+            internal_rx: Mutex::new(InternalRx::new()),
             internal_tx,
 
             volatile: Volatile::default(),
@@ -713,11 +716,11 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+            let _internal_rx = sock_clone.internal_rx.try_lock().unwrap();
+            while let Some(packets) = sock_clone.internal_tx.recv().await {
                 for packet in PacketBuf::from(packets) {
                     tx.send(packet).await.unwrap();
                 }
@@ -746,9 +749,9 @@ mod tests {
     }
 
     async fn received(socket: &Socket<()>) -> Vec<Packet> {
-        let mut rx = socket.internal_rx.lock().await;
+        let _rx = socket.internal_rx.lock().await;
         let mut packets = Vec::new();
-        while let Ok(queued) = rx.buffered_rx.try_recv() {
+        while let Ok(queued) = socket.internal_tx.try_recv() {
             packets.extend(PacketBuf::from(queued));
         }
         packets
@@ -827,9 +830,9 @@ mod tests {
         });
         // Answer five pings, the first pong before it is asked for.
         socket.heartbeat.notify_one();
-        let mut rx = socket.internal_rx.lock().await;
+        let _rx = socket.internal_rx.lock().await;
         for _ in 0..5 {
-            let ping = rx.buffered_rx.recv().await.expect("a ping");
+            let ping = socket.internal_tx.recv().await.expect("a ping");
             assert_eq!(PacketBuf::from(ping).as_slice(), [Packet::Ping]);
             socket.heartbeat.notify_one();
         }
@@ -865,8 +868,7 @@ mod tests {
         assert!(!waiting.is_finished(), "nothing new to take");
         assert!(socket.emit_volatile("later"));
         assert_eq!(waiting.await.unwrap(), Str::from("later"));
-        let nothing =
-            tokio::time::timeout(Duration::from_millis(50), socket.volatile.next()).await;
+        let nothing = tokio::time::timeout(Duration::from_millis(50), socket.volatile.next()).await;
         assert!(nothing.is_err(), "taken once");
     }
 

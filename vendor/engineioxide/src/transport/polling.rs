@@ -117,15 +117,13 @@ where
 
     let max_payload = engine.config.max_payload;
     let payload = {
-        let InternalRx {
-            buffered_rx,
-            peeked_packet,
-        } = &mut *rx;
+        let InternalRx { peeked_packet } = &mut *rx;
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
         let rx_stream = stream::iter(peeked_packet.take().map(|p| *p)).chain(
-            rx_stream::EncoderStream::new(buffered_rx, &socket.volatile).map(PacketBuf::from),
+            rx_stream::EncoderStream::new(&socket.internal_tx, &socket.volatile)
+                .map(PacketBuf::from),
         );
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
@@ -226,30 +224,36 @@ mod rx_stream {
         task::{Context, Poll, ready},
     };
 
+    use crate::queue::Queue;
+    use crate::socket::{Queued, Volatile};
     use futures_core::Stream;
     use pin_project_lite::pin_project;
-    use tokio::sync::mpsc;
-
-    use crate::socket::{Queued, Volatile};
     use tokio_util::sync::ReusableBoxFuture;
 
-    /// [`ReceiverStream`] is a stream that wraps a [`mpsc::Receiver`] by reference.
-    /// Allowing to use it as a stream even if it is behind a mutex.
-    pub struct ReceiverStream<'a, T> {
-        inner: &'a mut mpsc::Receiver<T>,
+    /// [`ReceiverStream`] is a stream of a socket's [`Queue`], for the one receiver (the
+    /// transport holding the socket's lock).
+    pub(crate) struct ReceiverStream<'a> {
+        inner: ReusableBoxFuture<'a, Option<Queued>>,
+        queue: &'a Queue,
     }
 
-    impl<'a, T> ReceiverStream<'a, T> {
-        pub fn new(inner: &'a mut mpsc::Receiver<T>) -> Self {
-            Self { inner }
+    impl<'a> ReceiverStream<'a> {
+        pub(crate) fn new(queue: &'a Queue) -> Self {
+            Self {
+                inner: ReusableBoxFuture::new(queue.recv()),
+                queue,
+            }
         }
     }
 
-    impl<'a, T> Stream for ReceiverStream<'a, T> {
-        type Item = T;
+    impl Stream for ReceiverStream<'_> {
+        type Item = Queued;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.inner.poll_recv(cx)
+            let packets = ready!(self.inner.poll(cx));
+            let queue = self.queue;
+            self.inner.set(queue.recv());
+            Poll::Ready(packets)
         }
     }
 
@@ -285,12 +289,12 @@ mod rx_stream {
             #[pin]
             volatile: VolatileStream<'a>,
             #[pin]
-            rx: ReceiverStream<'a, Queued>,
+            rx: ReceiverStream<'a>,
         }
     }
 
     impl<'a> EncoderStream<'a> {
-        pub fn new(rx: &'a mut mpsc::Receiver<Queued>, volatile: &'a Volatile) -> Self {
+        pub fn new(rx: &'a Queue, volatile: &'a Volatile) -> Self {
             Self {
                 rx: ReceiverStream::new(rx),
                 volatile: VolatileStream::new(volatile),

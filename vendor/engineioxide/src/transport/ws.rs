@@ -25,14 +25,8 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket,
-    body::ResponseBody,
-    config::EngineIoConfig,
-    engine::EngineIo,
-    errors::Error,
-    handler::EngineIoHandler,
-    socket::{InternalRx, Queued},
-    transport::make_open_packet,
+    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
+    errors::Error, handler::EngineIoHandler, socket::Queued, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -361,12 +355,13 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         lock.with_cancellation_token(&socket.cancellation_token)
             .await
     };
-    let Some(mut internal_rx) = internal_rx else {
+    // Held for as long as this task writes: it is the one receiver of the socket's packets.
+    let Some(_internal_rx) = internal_rx else {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
+    let buffered_rx = &socket.internal_tx;
 
     enum Next {
         Buffered(Queued),
