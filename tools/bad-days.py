@@ -163,7 +163,7 @@ def budget_mib(max_clients, mirror_bytes=16 * MIB, replay_bytes=8 * MIB, kiosk_q
     the pending sessions and connections, which follow max_clients)."""
     pending = max_clients
     connections = max_clients + pending + 64
-    total = (8 * MIB + ((10 + 24) << 10) * max_clients + (11 << 10) * pending
+    total = (8 * MIB + ((8 + 24) << 10) * max_clients + (11 << 10) * pending
              + (16 << 10) * connections + 3 * mirror_bytes + replay_bytes
              + kiosk_queue * max_event_bytes + 3 * 32 * MIB
              + max(snapshot_bytes, mirror_bytes) + mirror_bytes + (32 << 10) * max_clients
