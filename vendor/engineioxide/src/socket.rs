@@ -117,7 +117,8 @@ impl From<&Error> for Option<DisconnectReason> {
 ///
 /// directus-relay patch 1 (vendor/README.md): tokio's `mpsc` allocates its slots 32 at a time,
 /// so a channel of [`PacketBuf`] (176 bytes a slot) made every socket hold a 5.6 KiB block from
-/// its first packet on, however few packets it is ever sent. A `Queued` slot is 40 bytes.
+/// its first packet on, however few packets it is ever sent. A `Queued` is 32 bytes (and since
+/// patch 7 a place in the socket's [`Queue`], which grows from empty).
 #[derive(Debug, Clone)]
 pub(crate) enum Queued {
     /// One message packet.
