@@ -61,8 +61,12 @@ fn cpu(relay: Option<Proc>) -> Option<f64> {
     relay.and_then(|p| p.cpu_seconds().ok())
 }
 
-fn user_cpu(relay: Option<Proc>) -> Option<f64> {
-    relay.and_then(|p| p.cpu_split().ok()).map(|(user, _)| user)
+/// The relay's user + system and user CPU seconds, from one reading of its `stat`.
+fn cpu_and_user(relay: Option<Proc>) -> (Option<f64>, Option<f64>) {
+    match relay.and_then(|p| p.cpu_split().ok()) {
+        Some((user, system)) => (Some(user + system), Some(user)),
+        None => (None, None),
+    }
 }
 
 fn kib(m: Option<Memory>) -> Value {
@@ -231,8 +235,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
         if let (Some(peak), Some(m)) = (&peak, memory(relay)) {
             peak.reset(m.rss_kib);
         }
-        cpu_load.0 = cpu(relay);
-        user_cpu_load.0 = user_cpu(relay);
+        (cpu_load.0, user_cpu_load.0) = cpu_and_user(relay);
         own_cpu_load.0 = Proc::Myself.cpu_seconds().ok();
         let load_start = Instant::now();
         let lag_ends = load_start + o.stall_for.unwrap_or_default();
@@ -271,8 +274,7 @@ pub async fn run(o: Options, nofile: u64) -> Result<Value, String> {
             catch_up =
                 Some(done.map(|at| round3(at.saturating_duration_since(lag_ends).as_secs_f64())));
         }
-        cpu_load.1 = cpu(relay);
-        user_cpu_load.1 = user_cpu(relay);
+        (cpu_load.1, user_cpu_load.1) = cpu_and_user(relay);
         timeline.abort();
         let timeline = rows.lock().map(|r| r.clone()).unwrap_or_default();
         own_cpu_load.1 = Proc::Myself.cpu_seconds().ok();
