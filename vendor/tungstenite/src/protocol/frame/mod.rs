@@ -316,15 +316,12 @@ impl FrameCodec {
             }
             self.out_buffer_written += len;
         }
-        self.out_buffer.clear();
         self.out_buffer_written = 0;
         // directus-relay patch 1: once everything is written the buffer is given back, instead
         // of being kept at its largest size for the life of the connection (a large message, or
         // a peer that did not read for a while, made it grow). The next frames allocate one of
         // their size: one allocation per batch written, against a write to the stream each.
-        if self.out_buffer.capacity() > 0 {
-            self.out_buffer = Vec::new();
-        }
+        self.out_buffer = Vec::new();
 
         Ok(())
     }
